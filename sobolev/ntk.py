@@ -1,0 +1,63 @@
+"""Neural tangent (Gram) matrices ``H(t)`` and ``H^inf`` and ``lambda_*``.
+
+Row order (MATH.md): the n values first, then the n blocks of k derivatives,
+point-major. Every entry is ``s_ij P_p^T P_q`` with ``P`` the stacked rows
+``x_1..x_n, v_11..v_1k, ..., v_n1..v_nk`` and ``i, j`` the points of rows ``p, q``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .network import Params, _check
+from .problem import Problem, effective_data
+
+
+def _rows(X: torch.Tensor, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``P`` (n(k+1), D) and the point index of each row (n(k+1),)."""
+    n, D, k = V.shape
+    P = torch.cat([X, V.transpose(1, 2).reshape(n * k, D)], dim=0)
+    point = torch.cat([torch.arange(n), torch.arange(n).repeat_interleave(k)]).to(X.device)
+    return P, point
+
+
+def expand_kernel(s: torch.Tensor, X: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+    """``H = s[point, point] * (P P^T)`` for a point kernel ``s`` (..., n, n)."""
+    P, point = _rows(X, V)
+    return s[..., point[:, None], point[None, :]] * (P @ P.T)
+
+
+def activation_kernel(W_eff: torch.Tensor, a: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
+    """``s_ij = sum_r a_r^2 1{w_r^T x_i > 0} 1{w_r^T x_j > 0}`` (R, n, n)."""
+    Aa = (W_eff @ X.T > 0).to(W_eff.dtype) * a[..., None]
+    return Aa.transpose(1, 2) @ Aa
+
+
+def gram(params: Params, problem: Problem) -> torch.Tensor:
+    """``H`` (R, n(k+1), n(k+1)) at the current weights: ``J J^T`` for the residual
+    ``(e; S)`` (bias network: ``S`` divided by alpha)."""
+    _check(params, problem)
+    X, V, _, _, _ = effective_data(problem)
+    return expand_kernel(activation_kernel(params.effective_W(), params.a, X), X, V)
+
+
+def arccos_kernel(X: torch.Tensor) -> torch.Tensor:
+    """``kappa_ij = (pi - arccos(x_i^T x_j)) / (2 pi)`` (n, n)."""
+    c = (X @ X.T).clamp(-1.0, 1.0)
+    return (math.pi - torch.arccos(c)) / (2 * math.pi)
+
+
+def gram_infinite(problem: Problem) -> torch.Tensor:
+    """``H^inf = E_w[H]`` (n(k+1), n(k+1)), by the arc-cosine closed form
+    (on augmented inputs for the bias network)."""
+    X, V, _, _, _ = effective_data(problem)
+    return expand_kernel(arccos_kernel(X), X, V)
+
+
+def lambda_star(problem: Problem) -> float:
+    """``lambda_* = lambda_min(H^inf)``, computed in float64."""
+    X, V, _, _, _ = effective_data(problem)
+    X, V = X.double(), V.double()
+    return torch.linalg.eigvalsh(expand_kernel(arccos_kernel(X), X, V)).min().item()

@@ -1,0 +1,52 @@
+"""The theory's bounds (MATH.md, "The results to test"). Constants the paper's copy
+leaves unreadable are parameters (``C``), exponents are named parameters."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .problem import alpha_beta
+
+
+def prop1_lower_bound(n: int, k: int, delta_1: float, delta_2: float = 0.0) -> float:
+    """Proposition 1: ``lambda_* >= (1 - k delta_2) delta_1 / (100 n^2)``."""
+    return (1 - k * delta_2) * delta_1 / (100 * n * n)
+
+
+def augmented_separation(delta_1: float, k: int) -> float:
+    """Separation of the bias network's augmented points: ``min(alpha delta_1, 2 beta)``."""
+    alpha, beta = alpha_beta(k)
+    return min(alpha * delta_1, 2 * beta)
+
+
+def gamma(y, h, *, bias: bool, k: int) -> float:
+    """``||y|| + ||h||`` (no bias) or ``||y|| + ||h / alpha||`` (bias)."""
+    y, h = np.asarray(y, dtype=float), np.asarray(h, dtype=float)
+    scale = alpha_beta(k)[0] if bias else 1.0
+    return float(np.linalg.norm(y) + np.linalg.norm(h) / scale)
+
+
+def m_thm(n: int, k: int, gamma: float, lambda_star: float, delta_fail: float, *, p: float = 6.0,
+          q: float = 3.0, gamma_exp: float = 2.0, lambda_exp: float = 4.0, delta_exp: float = 2.0,
+          C: float = 1.0) -> float:
+    """Theorems 1/2: ``m = C n^p k^q gamma^2 / (lambda_*^4 delta^2)`` (defaults as in Theorem 1;
+    Theorem 2's exponent of k is not legible in our copy: pass ``q``)."""
+    return C * n**p * k**q * gamma**gamma_exp / (lambda_star**lambda_exp * delta_fail**delta_exp)
+
+
+def m_lemma2(n: int, k: int, lambda_star: float, delta_fail: float, *, C: float = 1.0) -> float:
+    """Lemma 2: ``m >~ n(k+1) ln(n(k+1)/delta) / lambda_*^2`` gives ``lambda_min(H(0)) >= 3/4 lambda_*``."""
+    N = n * (k + 1)
+    return C * N * math.log(N / delta_fail) / lambda_star**2
+
+
+def weight_radius(n: int, k: int, r0_norm: float, m: int, lambda_star: float, *, C: float = 1.0) -> float:
+    """Lemma 4's radius ``R ~ sqrt(n k) ||r(0)|| / (sqrt(m) lambda_*)`` (constant unreadable)."""
+    return C * math.sqrt(n * k) * r0_norm / (math.sqrt(m) * lambda_star)
+
+
+def bound_trajectory(t, lambda_star: float, r0_sq: float):
+    """Theorem 1's bound on ``||r(t)||^2``: ``exp(-lambda_* t) ||r(0)||^2``."""
+    return np.exp(-lambda_star * np.asarray(t, dtype=float)) * r0_sq
