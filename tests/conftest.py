@@ -13,3 +13,24 @@ RTOL = {torch.float64: 1e-9, torch.float32: 1e-4}
 @pytest.fixture(params=[False, True], ids=["nobias", "bias"])
 def bias(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def work_log(tmp_path_factory):
+    """A file every training task appends its run ids to (pipeline/task.py's test-only
+    SOBOLEV_WORK_LOG), set before Ray starts so the workers inherit it."""
+    path = tmp_path_factory.mktemp("work") / "work.log"
+    path.touch()
+    os.environ["SOBOLEV_WORK_LOG"] = str(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def local_ray(work_log):
+    """One real local Ray for the in-process pipeline tests."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

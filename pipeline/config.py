@@ -1,0 +1,276 @@
+"""The sweep configuration: one YAML file, validated once into frozen models.
+
+Every error is a :class:`ConfigError` with one line naming the field and the fix;
+the CLI turns it into exit code 2 before anything is written or Ray is started.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import os
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from sobolev.problem import max_separation
+
+
+class ConfigError(ValueError):
+    """A configuration problem, stated in one line: the field, what is wrong, the fix."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, validate_default=True)
+
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+
+
+def _nonempty_unique(values: list, field: str) -> list:
+    if not values:
+        raise ValueError(f"{field} must list at least one value")
+    if len(set(values)) != len(values):
+        raise ValueError(f"{field} has repeated values")
+    return values
+
+
+class Grid(_Frozen):
+    """The grid axes: every combination is one cell, trained over every seed."""
+
+    n: list[PosInt]
+    k: list[PosInt]
+    m: list[PosInt]
+    delta: list[float]
+    bias: list[bool] = [False, True]
+
+    @field_validator("n", "k", "m", "delta", "bias")
+    @classmethod
+    def _lists(cls, v, info):
+        return _nonempty_unique(v, info.field_name)
+
+    @field_validator("delta")
+    @classmethod
+    def _delta(cls, v):
+        for x in v:
+            if not (math.isfinite(x) and 0 < x <= 2):
+                raise ValueError(f"delta={x} must be in (0, 2] (a distance between unit vectors)")
+        return v
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, v):
+        if min(v) < 2:
+            raise ValueError("n must be >= 2 (separation needs a pair of points)")
+        return v
+
+
+class Seeds(_Frozen):
+    """``init``: initialisation seeds of every cell (a list, or a count meaning 0..count-1);
+    ``data``: seeds of the problem instances (each gives its own instance per cell)."""
+
+    init: Union[int, list[int]] = 8
+    data: list[int] = [0]
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v):
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError(f"a count of seeds must be >= 1 (got {v})")
+            return list(range(v))
+        return cls._data(v, "init")
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v, field="data"):
+        if any(s < 0 for s in v):
+            raise ValueError(f"seeds must be >= 0 (got {min(v)}); use non-negative integers")
+        return _nonempty_unique(v, field if isinstance(field, str) else "data")
+
+
+class Training(_Frozen):
+    """Passed to :class:`sobolev.TrainConfig`; ``t_max`` in units of ``1/lambda_*`` by default."""
+
+    mode: Literal["relu", "frozen"] = "relu"
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
+    t_max: Annotated[float, Field(gt=0)] = 12.0
+    t_unit: Literal["lambda_star", "absolute"] = "lambda_star"
+    max_steps: PosInt = 100_000
+    step_factor: Annotated[float, Field(gt=0)] = 1.0
+    dtype: Literal["float32", "float64"] = "float32"
+    check_every: PosInt = 16
+    checkpoints_per_decade: PosInt = 8
+    divergence_factor: Annotated[float, Field(gt=1)] = 1e6
+
+    @field_validator("eps", "t_max", "step_factor", "divergence_factor", mode="before")
+    @classmethod
+    def _float(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+
+class Resources(_Frozen):
+    """Per Ray task: CPUs (torch threads match), GPUs (fractional allowed), replicas
+    (seeds of one cell trained as one batch; ``auto`` packs to ``memory_budget_gb``)."""
+
+    num_cpus: Annotated[float, Field(gt=0)] = 1.0
+    num_gpus: Annotated[float, Field(ge=0)] = 0.0
+    replicas_per_task: Union[PosInt, Literal["auto"]] = "auto"
+    memory_budget_gb: Annotated[float, Field(gt=0)] | None = None
+    max_retries: NonNegInt = 3
+
+    @field_validator("num_cpus", "num_gpus", "memory_budget_gb", mode="before")
+    @classmethod
+    def _float(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+
+class Tracking(_Frozen):
+    """MLflow: ``experiment`` (default: the sweep name); ``uri`` overrides
+    ``MLFLOW_TRACKING_URI`` and the default ``sqlite:///mlflow.db``; ``enabled: false``
+    writes Parquet only."""
+
+    experiment: str | None = None
+    uri: str | None = None
+    enabled: bool = True
+
+
+_D_RULE_NODES = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Name, ast.Constant,
+                 ast.Load, ast.Call, ast.UnaryOp, ast.USub)
+
+
+def _check_d_rule(rule: str) -> None:
+    try:
+        tree = ast.parse(rule, mode="eval")
+    except SyntaxError as exc:
+        raise ValueError(f"d={rule!r} is not an expression in n and k (e.g. 'k + 4' or '2*k')") from exc
+    for node in ast.walk(tree):
+        if not isinstance(node, _D_RULE_NODES):
+            raise ValueError(f"d={rule!r}: only integers, n, k, + - * //, max() and min() are allowed")
+        if isinstance(node, ast.Name) and node.id not in ("n", "k", "max", "min"):
+            raise ValueError(f"d={rule!r}: unknown name {node.id!r}; use n and k")
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in ("max", "min")):
+            raise ValueError(f"d={rule!r}: only max() and min() may be called")
+
+
+def eval_d(rule: int | str, n: int, k: int) -> int:
+    if isinstance(rule, int):
+        return rule
+    return int(eval(compile(ast.parse(rule, mode="eval"), "<d>", "eval"), {"__builtins__": {}},  # noqa: S307
+                    {"n": n, "k": k, "max": max, "min": min}))
+
+
+class SweepConfig(_Frozen):
+    """A whole sweep. ``d`` is an integer or a rule in ``n`` and ``k`` (e.g. ``"k + 4"``)."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")]
+    grid: Grid
+    d: Union[PosInt, str] = "max(2*k, 8)"
+    target: Literal["random", "teacher"] = "random"
+    delta_2: Annotated[float, Field(ge=0)] = 0.0
+    seeds: Seeds = Seeds()
+    training: Training = Training()
+    resources: Resources = Resources()
+    tracking: Tracking = Tracking()
+    output: str = "runs/{name}"
+    delta_fail: Annotated[float, Field(gt=0, lt=1)] = 0.1
+
+    @field_validator("delta_2", "delta_fail", mode="before")
+    @classmethod
+    def _float(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+    @field_validator("d")
+    @classmethod
+    def _d(cls, v):
+        if isinstance(v, str):
+            _check_d_rule(v)
+        return v
+
+    @model_validator(mode="after")
+    def _cells(self):
+        for n in self.grid.n:
+            for k in self.grid.k:
+                try:
+                    d = eval_d(self.d, n, k)
+                except Exception as exc:  # noqa: BLE001 - a rule that fails for some cell
+                    raise ValueError(f"d: rule {self.d!r} fails at n={n}, k={k}: {exc}") from exc
+                if k >= d:
+                    raise ValueError(f"d: k={k} must be < d={d} (at n={n}); raise d or drop k={k} from grid.k")
+                if self.delta_2 >= 1 / k:
+                    raise ValueError(f"delta_2: {self.delta_2} must be < 1/k = {1 / k:.4g} for k={k}; lower delta_2")
+                for bias in self.grid.bias:
+                    limit = max_separation(n, d, bias=bias)
+                    for delta in self.grid.delta:
+                        if delta > limit:
+                            raise ValueError(
+                                f"grid.delta: delta={delta} is beyond the separation {n} points in d={d} dimensions "
+                                f"allow ({limit:.4g}, bias={bias}); lower delta or raise d")
+        return self
+
+    def d_of(self, n: int, k: int) -> int:
+        return eval_d(self.d, n, k)
+
+    def output_dir(self) -> Path:
+        return Path(self.output.format(name=self.name))
+
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    def run_defining(self) -> dict:
+        """The settings every run of this sweep shares (not the grid, resources, tracking or output):
+        a results directory belongs to one such setting."""
+        return dict(name=self.name, d=self.d, target=self.target, delta_2=self.delta_2,
+                    training=self.training.model_dump())
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.run_defining(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _one_line(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if str(p).replace("_", "a").isalnum())
+    msg = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{loc}: unknown key; remove it or check its spelling"
+    if err["type"] == "missing":
+        return f"{loc}: required field missing; add it"
+    got = err.get("input")
+    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else ""
+    return f"{loc}: {msg}{shown}" if loc else msg
+
+
+def parse_config(data: object, *, source: str = "config") -> SweepConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of settings at the top level, got {type(data).__name__}")
+    try:
+        return SweepConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_one_line(exc)}") from None
+
+
+def load_config(path: str | os.PathLike, **overrides) -> SweepConfig:
+    """Read and validate a YAML sweep file; ``overrides`` replace top-level keys."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: no such config file; pass the path of a YAML sweep file (see configs/)")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{p}: malformed YAML{where}: {getattr(exc, 'problem', exc)}; fix the syntax") from None
+    if isinstance(data, dict):
+        data = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+    return parse_config(data, source=str(p))

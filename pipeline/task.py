@@ -1,0 +1,100 @@
+"""One task: train the seeds of one cell as a batch and return plain records.
+
+No Ray, MLflow or file output here beyond the documented test-only hooks, so the
+driver (or a test) can call :func:`execute` directly.
+
+Test-only settings (environment variables, read by the task):
+- ``SOBOLEV_WORK_LOG=<path>``: append one line per trained run (its run_id), to count training work.
+- ``SOBOLEV_FAULT_EXIT_ONCE=<dir>``: the first task to start creates ``<dir>/fired`` and kills its
+  own worker process with ``os._exit(1)`` before training (a worker death, which Ray retries).
+- ``SOBOLEV_TASK_DELAY=<seconds>``: sleep before training (to kill a driver or node mid-sweep).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+
+import numpy as np
+import torch
+
+import sobolev
+from sobolev import TrainConfig, init_params, lambda_star, make_problem, theory, train
+from sobolev.problem import alpha_beta
+from sobolev.train import CURVE_FIELDS
+
+from .grid import CELL_FIELDS, TRAINING_FIELDS, TaskSpec
+
+
+def _test_hooks(task: TaskSpec) -> None:
+    marker_dir = os.environ.get("SOBOLEV_FAULT_EXIT_ONCE")
+    if marker_dir:
+        try:
+            fd = os.open(os.path.join(marker_dir, "fired"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            os.close(fd)
+            os._exit(1)
+        except FileExistsError:
+            pass
+    delay = float(os.environ.get("SOBOLEV_TASK_DELAY", "0") or 0)
+    if delay:
+        time.sleep(delay)
+
+
+def instance_metrics(problem, lam: float, delta_fail: float) -> dict:
+    """The instance's measured quantities and the theory's numbers for it."""
+    n, k, bias = problem.n, problem.k, problem.bias
+    delta_1, delta_2 = problem.delta_1, problem.delta_2
+    gamma = theory.gamma(problem.y.double().cpu().numpy(), problem.h.double().cpu().numpy(), bias=bias, k=k)
+    # Proposition 1 holds for the no-bias network; the bias network is it on augmented data
+    # (separation min(alpha delta_1, 2 beta), tilt alpha delta_2)
+    sep, tilt = ((theory.augmented_separation(delta_1, k), alpha_beta(k)[0] * delta_2) if bias
+                 else (delta_1, delta_2))
+    return dict(lambda_star=lam, delta_1=delta_1, delta_2_measured=delta_2, gamma=gamma,
+                m_thm=theory.m_thm(n, k, gamma, lam, delta_fail), prop1_bound=theory.prop1_lower_bound(n, k, sep, tilt))
+
+
+def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown") -> dict:
+    """Train ``task``: ``{"runs": [record, ...], "curves": {column: list}, "span": (start, end)}``
+    (``span`` in seconds since the epoch, to split a sweep's wall time into training and the rest)."""
+    _test_hooks(task)
+    started = time.time()
+    start = time.perf_counter()
+    c, tr = task.cell, task.training
+    dtype = getattr(torch, tr.dtype)
+    problem = make_problem(c.n, c.d, c.k, c.delta, bias=c.bias, target=c.target, seed=c.data_seed,
+                           delta_2=c.delta_2, dtype=dtype, device=device)
+    lam = lambda_star(problem)
+    params = init_params(len(task.seeds), c.m, c.d, bias=c.bias, seeds=list(task.seeds), dtype=dtype, device=device)
+    cfg = TrainConfig(mode=tr.mode, eps=tr.eps, t_max=tr.t_max, t_unit=tr.t_unit, max_steps=tr.max_steps,
+                      step_factor=tr.step_factor, check_every=tr.check_every,
+                      checkpoints_per_decade=tr.checkpoints_per_decade, divergence_factor=tr.divergence_factor)
+    result = train(params, problem, cfg, lambda_star=lam)
+    wall = time.perf_counter() - start
+    run_ids = task.run_ids
+    common = dict(sweep=task.sweep, task_id=task.task_id, **{f: getattr(c, f) for f in CELL_FIELDS},
+                  **{f: getattr(tr, f) for f in TRAINING_FIELDS}, **instance_metrics(problem, lam, task.delta_fail),
+                  device=str(device), task_wall_time=wall, wall_time=wall / len(task.seeds),
+                  version=sobolev.__version__, git_commit=git_commit,
+                  created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    runs = []
+    for j, seed in enumerate(task.seeds):
+        rec = dict(common, run_id=run_ids[j], seed=int(seed))
+        rec.update({f: _plain(v[j]) for f, v in result.summary.items()})
+        runs.append(rec)
+    cur = result.curves
+    curves = {f: _plain_list(cur[f]) for f in CURVE_FIELDS if f != "replica"}
+    curves["run_id"] = [run_ids[j] for j in cur["replica"]]
+    log = os.environ.get("SOBOLEV_WORK_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write("".join(f"{r}\n" for r in run_ids))
+    return dict(runs=runs, curves=curves, span=(started, time.time()))
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _plain_list(a: np.ndarray) -> list:
+    return a.tolist()

@@ -1,0 +1,75 @@
+"""Tiny sweep configurations built from the defaults, and readers of real results."""
+
+from __future__ import annotations
+
+import socket
+import time
+import urllib.request
+
+import yaml
+
+from pipeline.config import parse_config
+
+TINY = dict(
+    name="tiny",
+    grid=dict(n=[4, 6], k=[1], m=[16, 64], delta=[0.5], bias=[False, True]),
+    d=5,
+    seeds=dict(init=3, data=[0]),
+    training=dict(t_max=3.0, max_steps=300, eps=1e-6),
+    resources=dict(num_cpus=1, replicas_per_task=2),
+)
+
+
+def tiny_dict(**overrides) -> dict:
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in TINY.items()}
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}
+        else:
+            data[key] = value
+    return data
+
+
+def tiny_config(**overrides):
+    return parse_config(tiny_dict(**overrides))
+
+
+def write_yaml(path, data) -> str:
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise TimeoutError(f"nothing answered at {url} within {timeout} s")
+        time.sleep(0.5)
+
+
+def mlflow_children(uri: str, experiment: str) -> dict:
+    """run_id tag -> MLflow run, for the child (training) runs of an experiment."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return {}
+    runs = client.search_runs([exp.experiment_id], "tags.kind = 'run'", max_results=10000)
+    out = {}
+    for r in runs:
+        assert r.data.tags["run_id"] not in out, "duplicate MLflow run for one run_id"
+        out[r.data.tags["run_id"]] = r
+    return out

@@ -1,0 +1,38 @@
+import subprocess
+import sys
+
+from pipeline.grid import cells, plan, run_id, training_of
+from pipeline_helpers import tiny_config
+
+
+def test_plan_covers_grid_once_and_skips_done():
+    cfg = tiny_config()
+    tasks, total = plan(cfg)
+    assert total == 2 * 1 * 2 * 1 * 2 * 3  # n, k, m, delta, bias, seeds
+    ids = [r for t in tasks for r in t.run_ids]
+    assert len(ids) == total == len(set(ids))
+    assert all(len(t.seeds) <= 2 for t in tasks)  # replicas_per_task
+    done = set(ids[:5])
+    rest, total2 = plan(cfg, skip=done)
+    assert total2 == total
+    assert {r for t in rest for r in t.run_ids} == set(ids) - done
+
+
+def test_run_id_depends_on_run_not_on_sweep_or_resources():
+    a, b = tiny_config(), tiny_config(name="other", resources=dict(num_cpus=2, replicas_per_task=3))
+    ids_a = {r for t in plan(a)[0] for r in t.run_ids}
+    ids_b = {r for t in plan(b)[0] for r in t.run_ids}
+    assert ids_a == ids_b
+    c = tiny_config(training=dict(step_factor=0.5))
+    assert not ids_a & {r for t in plan(c)[0] for r in t.run_ids}
+
+
+def test_run_id_same_in_another_process():
+    cfg = tiny_config()
+    cell = cells(cfg)[0]
+    here = run_id(cell, training_of(cfg), 2)
+    code = ("from pipeline.grid import cells, run_id, training_of; from pipeline_helpers import tiny_config; "
+            "c = tiny_config(); print(run_id(cells(c)[0], training_of(c), 2))")
+    there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONPATH": ":".join(sys.path), "PYTHONHASHSEED": "123"}).stdout.strip()
+    assert here == there
