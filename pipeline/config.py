@@ -11,13 +11,16 @@ import hashlib
 import json
 import math
 import os
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sobolev.problem import max_separation
+import torch
+
+from sobolev.problem import make_problem, max_separation
 
 
 class ConfigError(ValueError):
@@ -148,6 +151,18 @@ _D_RULE_NODES = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.Floo
                  ast.Load, ast.Call, ast.UnaryOp, ast.USub)
 
 
+@lru_cache(maxsize=4096)
+def _check_placeable(n: int, d: int, k: int, delta: float, bias: bool, target: str, data_seed: int,
+                     delta_2: float) -> None:
+    """Build the instance once: a separation below the theoretical limit can still be out of
+    reach of random placement, and that must surface here, not in a task."""
+    try:
+        make_problem(n, d, k, delta, bias=bias, target=target, seed=data_seed, delta_2=delta_2, dtype=torch.float64)
+    except ValueError as exc:
+        raise ValueError(f"grid.delta: delta={delta} cannot be reached by random placement of n={n} points in d={d} "
+                         f"dimensions (bias={bias}, data seed {data_seed}); lower delta or raise d") from exc
+
+
 def _check_d_rule(rule: str) -> None:
     try:
         tree = ast.parse(rule, mode="eval")
@@ -217,6 +232,8 @@ class SweepConfig(_Frozen):
                             raise ValueError(
                                 f"grid.delta: delta={delta} is beyond the separation {n} points in d={d} dimensions "
                                 f"allow ({limit:.4g}, bias={bias}); lower delta or raise d")
+                        for data_seed in self.seeds.data:
+                            _check_placeable(n, d, k, delta, bias, self.target, data_seed, self.delta_2)
         return self
 
     def d_of(self, n: int, k: int) -> int:

@@ -22,6 +22,7 @@ from .config import SweepConfig
 from .grid import cells, plan
 
 GPU_FLOPS = 20e12  # an assumed sustained float32 rate for one data-centre GPU on these GEMM shapes
+GPU_STEP_LATENCY = 100e-6  # kernel launches of one batched step: small shapes are latency-bound on a GPU
 
 
 @lru_cache(maxsize=None)
@@ -68,6 +69,8 @@ def estimate_lines(cfg: SweepConfig, out) -> list[str]:
     seeds = len(cfg.seeds.init)
     flops = sum(f for f, _ in per_cell.values()) * seeds
     steps = sum(s for _, s in per_cell.values()) * seeds
+    task_steps = sum(per_cell[t.cell][1] for t in tasks)  # a task steps all its replicas at once
+    gpu_seconds = flops / GPU_FLOPS + task_steps * GPU_STEP_LATENCY
     biggest = max(per_cell, key=lambda c: per_cell[c][0])
     threads = max(1, int(cfg.resources.num_cpus))
     cpu = measured_cpu_flops(threads)
@@ -80,7 +83,8 @@ def estimate_lines(cfg: SweepConfig, out) -> list[str]:
         f"gradient steps: at most {steps:.3g} in all; work at most {flops:.3g} FLOPs "
         f"(largest cell {biggest.label()}: {per_cell[biggest][0] * seeds:.3g} FLOPs, {per_cell[biggest][1]} steps/run)",
         f"time at this machine's measured {cpu / 1e9:.1f} GFLOP/s ({threads} threads): at most "
-        f"{flops / cpu / 3600:.3g} task-hours; on GPUs at an assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s each: at most "
-        f"{flops / GPU_FLOPS / 3600:.3g} GPU-hours",
+        f"{flops / cpu / 3600:.3g} task-hours; on GPUs at an assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s and "
+        f"{GPU_STEP_LATENCY * 1e6:.0f} us per task step: at most {gpu_seconds / 3600:.3g} GPU-hours "
+        f"(tasks sharing a GPU overlap their latency)",
         f"output: {out}",
     ]

@@ -163,7 +163,7 @@ def _random_unit(num: int, d: int, gen: torch.Generator) -> torch.Tensor:
 
 
 def _place_points(n: int, d: int, delta: float, bias: bool, gen: torch.Generator,
-                  candidates: int = 256, tries_per_point: int = 64) -> torch.Tensor | None:
+                  candidates: int = 1024, tries_per_point: int = 12) -> torch.Tensor | None:
     """A planted pair at exactly ``delta``, then uniform points kept only when farther
     than ``delta`` from every placed point; ``None`` when the budget runs out."""
     x1 = _random_unit(1, d, gen)[0]
@@ -247,7 +247,7 @@ def make_problem(n: int, d: int, k: int, delta: float, *, bias: bool = False, ta
     if target not in TARGETS:
         raise ValueError(f"target={target!r}: expected one of {TARGETS}")
     gen = torch.Generator().manual_seed(int(seed))
-    for _ in range(8):
+    for _ in range(3):
         x = _place_points(n, d, delta, bias, gen)
         if x is not None:
             break
