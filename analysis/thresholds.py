@@ -1,0 +1,161 @@
+"""Empirical width thresholds ``m*`` per cell ``(n, k, delta, bias)`` (and criterion, eps'):
+the grid threshold with a bootstrap interval over seeds, a smooth logistic estimate, censoring
+flags, and the gap to the theorem's width ``m_thm``.
+
+``censored`` takes the values
+- ``"none"``: ``m_star`` is a tested width;
+- ``"above"``: the target rate is not reached at the largest tested width (``m* > m_bound = m_max``);
+- ``"below"``: the smallest tested width already reaches it (``m* <= m_bound = m_min``);
+and, for the logistic estimate only, ``"undefined"`` (a single width, or a fit that does not
+increase with ``m``).  A censored threshold is NaN, never a number that could be fitted.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from .defaults import CONFIDENCE, N_BOOT, THRESHOLD_KEYS
+from .load import require_columns
+from .stats import logistic_crossing
+from .success import RATE_STATS
+
+NOT_CENSORED = "none"
+ABOVE = "above"
+BELOW = "below"
+UNDEFINED = "undefined"
+
+# Rates are ratios of small integers; without slack 19/20 could miss a target of 0.95 by
+# one rounding error.
+_RATE_SLACK = 1e-12
+
+
+def threshold_keys(rates: pd.DataFrame) -> list[str]:
+    """Columns of a rates table that identify a threshold cell: all but ``m`` and the rate statistics."""
+    return [c for c in rates.columns if c not in RATE_STATS and c != "m"]
+
+
+def _first_stable(ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For rows of ``ok`` (widths ascending): index of the smallest width from which every larger
+    width is ok, and whether such a width exists."""
+    stays = np.flip(np.cumprod(np.flip(ok, axis=-1), axis=-1), axis=-1).astype(bool)
+    return np.argmax(stays, axis=-1), stays[..., -1]
+
+
+def grid_threshold(m: Sequence[int], rate: Sequence[float], target: float) -> dict:
+    """Smallest tested width ``m`` at which ``rate >= target`` and stays so at every larger tested
+    width.  Returns ``m_star, censored, m_bound`` (see the module docstring)."""
+    order = np.argsort(m)
+    m = np.asarray(m, dtype=float)[order]
+    ok = np.asarray(rate, dtype=float)[order] >= target - _RATE_SLACK
+    idx, exists = _first_stable(ok)
+    if not exists:
+        return {"m_star": np.nan, "censored": ABOVE, "m_bound": m[-1]}
+    if idx == 0:
+        return {"m_star": np.nan, "censored": BELOW, "m_bound": m[0]}
+    return {"m_star": m[idx], "censored": NOT_CENSORED, "m_bound": np.nan}
+
+
+def bootstrap_threshold(m: Sequence[int], successes: Sequence[int], trials: Sequence[int], target: float,
+                        rng: np.random.Generator, n_boot: int = N_BOOT, confidence: float = CONFIDENCE) -> dict:
+    """Percentile bootstrap of :func:`grid_threshold`, resampling seeds within each width.
+
+    Resampling ``trials`` outcomes with replacement from a width with ``successes`` is a
+    ``Binomial(trials, successes / trials)`` draw, which is what is drawn.  A replicate censored
+    above counts as ``inf``, one censored below as ``m_min``; so ``m_star_hi = inf`` means the
+    interval is open above the tested range and ``m_star_lo = m_min`` means "at or below m_min".
+    Returns ``m_star_lo, m_star_hi, boot_above_frac`` (fraction of replicates censored above).
+    """
+    order = np.argsort(m)
+    m = np.asarray(m, dtype=float)[order]
+    n = np.asarray(trials, dtype=np.int64)[order]
+    p = np.asarray(successes, dtype=float)[order] / n
+    draws = rng.binomial(n, p, size=(n_boot, len(m)))
+    idx, exists = _first_stable(draws / n >= target - _RATE_SLACK)
+    values = np.where(exists, m[idx], np.inf)
+    alpha = 1 - confidence
+    return {"m_star_lo": float(np.quantile(values, alpha / 2, method="lower")),
+            "m_star_hi": float(np.quantile(values, 1 - alpha / 2, method="higher")),
+            "boot_above_frac": float(np.mean(~exists))}
+
+
+def logistic_threshold(m: Sequence[int], successes: Sequence[int], trials: Sequence[int], target: float,
+                       confidence: float = CONFIDENCE) -> dict:
+    """Width where a logistic fit of success on ``log m`` crosses ``target``.
+
+    Returns ``m_logistic, m_logistic_lo, m_logistic_hi`` (delta-method interval on ``log m``),
+    ``logistic_slope`` (per unit ``log m``) and ``logistic_censored``.  A crossing outside the
+    tested widths is censored (``above``/``below``) and NaN: it would be an extrapolation of the
+    logistic shape, which nothing checks.
+    """
+    m = np.asarray(m, dtype=float)
+    s = np.asarray(successes, dtype=float)
+    n = np.asarray(trials, dtype=float)
+    out = {"m_logistic": np.nan, "m_logistic_lo": np.nan, "m_logistic_hi": np.nan, "logistic_slope": np.nan}
+    if s.sum() == 0:
+        return {**out, "logistic_censored": ABOVE}
+    if s.sum() == n.sum():
+        return {**out, "logistic_censored": BELOW}
+    if np.unique(m).size < 2:
+        return {**out, "logistic_censored": UNDEFINED}
+    fit = logistic_crossing(np.log(m), s, n, target, confidence)
+    out["logistic_slope"] = fit["slope"]
+    if not np.isfinite(fit["x_cross"]):
+        return {**out, "logistic_censored": UNDEFINED}
+    if fit["x_cross"] > np.log(m.max()):
+        return {**out, "logistic_censored": ABOVE}
+    if fit["x_cross"] < np.log(m.min()):
+        return {**out, "logistic_censored": BELOW}
+    return {**out, "m_logistic": np.exp(fit["x_cross"]), "m_logistic_lo": np.exp(fit["lo"]),
+            "m_logistic_hi": np.exp(fit["hi"]), "logistic_censored": NOT_CENSORED}
+
+
+def thresholds(rates: pd.DataFrame, *, delta_fail: float, n_boot: int = N_BOOT, seed: int = 0,
+               confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Thresholds at confidence ``1 - delta_fail`` for every cell of a rates table.
+
+    rates: a :func:`analysis.success.success_rates` table (``m, trials, successes, rate`` and key
+    columns).  ``delta_fail`` must be the sweep's failure probability for the comparison with
+    ``m_thm`` to be meaningful.  Returns, per cell, the key columns (``n, k, delta, bias, [strata],
+    criterion, eps``) and ``target, n_widths, m_min, m_max, trials_min, m_star, censored, m_bound,
+    m_star_lo, m_star_hi, boot_above_frac, m_logistic, m_logistic_lo, m_logistic_hi,
+    logistic_slope, logistic_censored``.
+    """
+    require_columns(rates, ["m", "trials", "successes", "rate"], "rates")
+    target = 1 - delta_fail
+    keys = threshold_keys(rates)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, cell in rates.groupby(keys, sort=True, dropna=False):
+        cell = cell.sort_values("m")
+        m, s, n = cell["m"].to_numpy(), cell["successes"].to_numpy(), cell["trials"].to_numpy()
+        rows.append({
+            **dict(zip(keys, key)), "target": target, "n_widths": len(m), "m_min": m.min(), "m_max": m.max(),
+            "trials_min": n.min(),
+            **grid_threshold(m, cell["rate"].to_numpy(), target),
+            **bootstrap_threshold(m, s, n, target, rng, n_boot, confidence),
+            **logistic_threshold(m, s, n, target, confidence),
+        })
+    return pd.DataFrame(rows)
+
+
+def theory_gap(thresholds: pd.DataFrame, runs: pd.DataFrame, m_col: str = "m_star",
+               on: Sequence[str] = THRESHOLD_KEYS) -> pd.DataFrame:
+    """Add the theorem's width and the gap to it in orders of magnitude.
+
+    runs: ``*on, m_thm`` (the theorem's width at the sweep's ``delta_fail``; it depends on the data
+    through ``lambda_star`` and ``gamma``, so its median over a cell's runs is used).  Adds
+    ``m_thm``, ``log10_gap = log10(m_col / m_thm)`` (NaN where censored) and, where the table has
+    ``m_bound``, ``log10_gap_bound = log10(m_bound / m_thm)``: a lower bound on the gap for cells
+    censored above, an upper bound for cells censored below.
+    """
+    require_columns(thresholds, [*on, m_col], "thresholds")
+    require_columns(runs, [*on, "m_thm"], "runs")
+    m_thm = runs.groupby(list(on), dropna=False)["m_thm"].median().rename("m_thm").reset_index()
+    out = thresholds.drop(columns=["m_thm"], errors="ignore").merge(m_thm, on=list(on), how="left")
+    out["log10_gap"] = np.log10(out[m_col] / out["m_thm"])
+    if "m_bound" in out.columns:
+        out["log10_gap_bound"] = np.log10(out["m_bound"] / out["m_thm"])
+    return out

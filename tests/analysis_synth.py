@@ -1,0 +1,108 @@
+"""Synthetic run and curve tables drawn from a planted law, for the analysis tests.
+
+The law: the threshold at target rate ``1 - delta_fail`` is ``m* = C n^p k^q delta^r``, and a
+run at width ``m`` succeeds with probability ``expit(slope (log m - log m*) + logit(1 - delta_fail))``,
+so that the probability crosses ``1 - delta_fail`` exactly at ``m*``.  Widths are a log2 grid
+around ``m*``.  A success is written as a run that converged at the training ``eps``, a failure
+as one that ran out of budget with a relative loss above every tested ``eps'``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import special
+
+from analysis.load import CURVE_SCHEMA, RUN_SCHEMA
+
+# Tolerances of the analysis tests, in one place.
+TOL = {
+    "exponent_abs": 0.6,       # |fitted p, q - planted| from grid thresholds on a log2 grid
+    "exponent_abs_smooth": 0.25,  # same from the logistic thresholds
+    "log_m_logistic": 0.25,    # |log m_logistic - log m*| for one well-sampled cell
+    "slope_abs": 0.05,         # |log-log slope - planted| with 5% multiplicative noise
+    "float": 1e-12,
+    "wilson": 5e-5,            # published four-decimal values
+}
+
+TRAIN_EPS = 1e-6
+FAIL_LOSS = 0.5  # above every eps' in EPS_GRID
+
+_DEFAULTS = {
+    "sweep": "synthetic", "d": 6, "delta": 0.5, "bias": False, "target": "random", "delta_2": 0.0,
+    "data_seed": 0, "mode": "relu", "eps": TRAIN_EPS, "t_max": 12.0, "t_unit": "1/lambda_star",
+    "max_steps": 100_000, "step_factor": 0.5, "dtype": "float64", "status": "budget", "stopped_by": "",
+    "steps_to_eps": -1, "lambda_star": 0.01, "lambda_min_H0": 0.01, "m_thm": 1e12, "device": "cpu",
+    "version": "test", "git_commit": "0" * 40,
+}
+_FILL = {pa.string(): "", pa.int64(): 0, pa.float64(): np.nan, pa.bool_(): False}
+
+
+def complete_runs(partial: pd.DataFrame) -> pd.DataFrame:
+    """``partial`` with every column of the pipeline's runs schema, missing ones filled with
+    defaults, in schema order and dtypes; ``run_id`` and ``seed`` default to row numbers."""
+    df = partial.reset_index(drop=True).copy()
+    if "run_id" not in df:
+        df["run_id"] = [f"run{i:06d}" for i in range(len(df))]
+    if "seed" not in df:
+        df["seed"] = np.arange(len(df))
+    for field in RUN_SCHEMA:
+        if field.name not in df:
+            df[field.name] = _DEFAULTS.get(field.name, _FILL[field.type])
+    return pa.Table.from_pandas(df[RUN_SCHEMA.names], schema=RUN_SCHEMA, preserve_index=False).to_pandas()
+
+
+def complete_curves(partial: pd.DataFrame) -> pd.DataFrame:
+    """``partial`` with every column of the curves schema (missing floats NaN, bools True)."""
+    df = partial.reset_index(drop=True).copy()
+    for field in CURVE_SCHEMA:
+        if field.name not in df:
+            df[field.name] = True if field.type == pa.bool_() else _FILL[field.type]
+    return pa.Table.from_pandas(df[CURVE_SCHEMA.names], schema=CURVE_SCHEMA, preserve_index=False).to_pandas()
+
+
+def success_probability(m, m_star: float, slope: float, target: float) -> np.ndarray:
+    return special.expit(slope * (np.log(m) - np.log(m_star)) + special.logit(target))
+
+
+def planted_cell(m_star: float, *, seeds: int, slope: float, target: float, rng: np.random.Generator,
+                 span: int = 5, **columns) -> pd.DataFrame:
+    """Partial runs of one cell: ``seeds`` runs at each width ``2^j``, ``|j - log2 m*| <= span``."""
+    centre = int(np.round(np.log2(m_star)))
+    widths = 2 ** np.arange(max(centre - span, 0), centre + span + 1)
+    m = np.repeat(widths, seeds)
+    success = rng.random(m.size) < success_probability(m, m_star, slope, target)
+    return pd.DataFrame({
+        "m": m.astype(np.int64), "seed": np.tile(np.arange(seeds), widths.size),
+        "status": np.where(success, "converged", "budget"),
+        "min_rel_loss": np.where(success, TRAIN_EPS / 2, FAIL_LOSS), **columns,
+    })
+
+
+def planted_runs(*, p: float, q: float, C: float, ns, ks, seeds: int, slope: float, delta_fail: float,
+                 rng_seed: int, r: float = 0.0, deltas=(0.5,), bias: bool = False, span: int = 5) -> pd.DataFrame:
+    """A complete runs table over the cells ``ns x ks x deltas`` drawn from the planted law."""
+    rng = np.random.default_rng(rng_seed)
+    cells = []
+    for n in ns:
+        for k in ks:
+            for delta in deltas:
+                m_star = C * n**p * k**q * delta**r
+                cells.append(planted_cell(m_star, seeds=seeds, slope=slope, target=1 - delta_fail, rng=rng,
+                                          span=span, n=n, k=k, delta=delta, bias=bias, m_thm=1e3 * m_star))
+    runs = pd.concat(cells, ignore_index=True)
+    runs["run_id"] = [f"b{int(bias)}-{i:06d}" for i in range(len(runs))]
+    return complete_runs(runs)
+
+
+def write_results(out: Path, runs: pd.DataFrame, curves: pd.DataFrame, files: int = 3) -> None:
+    """Write ``runs``/``curves`` as the pipeline does: ``files`` Parquet files per table."""
+    for name, table, schema in (("runs", runs, RUN_SCHEMA), ("curves", curves, CURVE_SCHEMA)):
+        (out / name).mkdir(parents=True, exist_ok=True)
+        for i, part in enumerate(np.array_split(np.arange(len(table)), files)):
+            pq.write_table(pa.Table.from_pandas(table.iloc[part], schema=schema, preserve_index=False),
+                           out / name / f"task{i:04d}.parquet")

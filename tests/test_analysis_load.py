@@ -1,0 +1,96 @@
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from analysis.fits import fit_exponents
+from analysis.load import (CURVE_COLUMNS, RUN_COLUMNS, RUN_SCHEMA, MissingColumnError, load_curves, load_results,
+                           load_runs)
+from analysis.success import run_success, success_rates
+from analysis.thresholds import theory_gap, thresholds
+from tests.analysis_synth import complete_curves, planted_runs, write_results
+
+DELTA_FAIL = 0.1
+
+
+def _tables():
+    runs = planted_runs(p=2, q=1, C=4.0, ns=(3, 5, 8, 13), ks=(1, 2, 4), seeds=8, slope=3.0,
+                        delta_fail=DELTA_FAIL, rng_seed=5)
+    # two checkpoints per run; the bound breaks at the end of the runs that do not converge, so
+    # that both criteria agree
+    converged = (runs["status"] == "converged").to_numpy()
+    curves = complete_curves(pd.DataFrame({
+        "run_id": np.repeat(runs["run_id"], 2), "step": np.tile([0, 100], len(runs)),
+        "rel_loss": np.column_stack([np.ones(len(runs)), runs["min_rel_loss"]]).ravel(),
+        "lambda_min": 1.0, "bound_held": np.column_stack([np.ones(len(runs), bool), converged]).ravel()}))
+    return runs, curves
+
+
+def _junk(path, runs):
+    """A partial or temporary file the pipeline may leave next to finished ones."""
+    pq.write_table(pa.Table.from_pandas(runs.head(3).assign(run_id="junk"), schema=RUN_SCHEMA,
+                                        preserve_index=False), path)
+
+
+def test_round_trip_ignores_partial_and_temporary_files(tmp_path):
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    for name in (".task0009.parquet", "_task0010.parquet", "task0011.parquet.tmp"):
+        _junk(tmp_path / "runs" / name, runs)
+    loaded = load_results(tmp_path)
+    pd.testing.assert_frame_equal(loaded.runs.sort_values("run_id", ignore_index=True),
+                                  runs[list(RUN_COLUMNS)].sort_values("run_id", ignore_index=True))
+    pd.testing.assert_frame_equal(loaded.curves, curves[list(CURVE_COLUMNS)].sort_values(
+        ["run_id", "step"], ignore_index=True))
+    assert list(load_runs(tmp_path, columns=None).columns) == RUN_SCHEMA.names
+
+
+def test_curves_filtered_by_run_id(tmp_path):
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    wanted = list(runs["run_id"].iloc[[7, 3]])
+    got = load_curves(tmp_path, columns=["run_id", "step", "rel_loss"], run_ids=wanted)
+    assert sorted(got["run_id"].unique()) == sorted(wanted) and len(got) == 4
+    assert list(got["step"]) == [0, 100, 0, 100]
+
+
+def test_missing_column_named_even_if_only_one_file_lacks_it(tmp_path):
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    pq.write_table(pa.Table.from_pandas(runs.head(2).drop(columns="min_rel_loss").assign(run_id=["x", "y"]),
+                                        preserve_index=False), tmp_path / "runs" / "task0099.parquet")
+    with pytest.raises(MissingColumnError, match="'min_rel_loss'.*1 of 4 file"):
+        load_runs(tmp_path)
+    # a column nobody needs may be missing
+    load_runs(tmp_path, columns=["run_id", "n"])
+
+
+def test_duplicate_runs_and_empty_directories(tmp_path):
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    pq.write_table(pa.Table.from_pandas(runs.head(1), schema=RUN_SCHEMA, preserve_index=False),
+                   tmp_path / "runs" / "again.parquet")
+    with pytest.raises(ValueError, match="duplicated run_id"):
+        load_runs(tmp_path)
+    (tmp_path / "empty" / "runs").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError):
+        load_runs(tmp_path / "empty")
+    with pytest.raises(FileNotFoundError):
+        load_runs(tmp_path / "nowhere")
+
+
+def test_end_to_end_from_parquet(tmp_path):
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    runs, curves = load_results(tmp_path)
+    rates = success_rates(run_success(runs, curves, eps_grid=[1e-2, 1e-4]))
+    th = theory_gap(thresholds(rates, delta_fail=DELTA_FAIL, n_boot=200), runs)
+    # both criteria at both tolerances give the same thresholds
+    assert th.groupby(["n", "k"])["m_star"].nunique().eq(1).all()
+    fit = fit_exponents(th, m_col="m_logistic").set_index(["criterion", "eps", "term"])
+    assert len(fit) == 2 * 2 * 3
+    for (criterion, eps, term), row in fit.iterrows():
+        truth = {"c": np.log(4.0), "p": 2.0, "q": 1.0}[term]
+        assert row["lo"] <= truth <= row["hi"]
+    np.testing.assert_allclose(th["log10_gap"], np.log10(th["m_star"] / th["m_thm"]))

@@ -1,0 +1,109 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from analysis.load import MissingColumnError
+from analysis.stats import wilson_interval
+from analysis.success import (UnjudgeableToleranceError, interpolation_success, regime_success, run_success,
+                              success_rates)
+from tests.analysis_synth import complete_curves, complete_runs
+
+LAMBDA_STAR = 0.2
+
+
+def _runs(**columns):
+    return complete_runs(pd.DataFrame(columns).assign(lambda_star=LAMBDA_STAR))
+
+
+def _curve(run_id, rel_loss, bound_held, lambda_min=None):
+    rel_loss = np.asarray(rel_loss, dtype=float)
+    lam = np.full(rel_loss.size, LAMBDA_STAR) if lambda_min is None else np.asarray(lambda_min, dtype=float)
+    return pd.DataFrame({"run_id": run_id, "step": np.arange(rel_loss.size) * 10, "rel_loss": rel_loss,
+                         "bound_held": bound_held, "lambda_min": lam})
+
+
+def test_interpolation_uses_min_rel_loss_and_fails_diverged_runs():
+    runs = _runs(status=["budget", "budget", "diverged", "failed", "converged"],
+                 min_rel_loss=[5e-3, 5e-2, 1e-8, np.nan, 1e-7], eps=1e-6)
+    assert list(interpolation_success(runs, 1e-2)) == [True, False, False, False, True]
+
+
+def test_tolerance_below_training_eps_raises_for_converged_runs():
+    runs = _runs(status=["converged", "budget"], min_rel_loss=[9e-5, 3e-4], eps=1e-4)
+    # a budget run never reached its eps, so it is judged at any eps'; the converged one is not
+    with pytest.raises(UnjudgeableToleranceError, match="5e-05"):
+        interpolation_success(runs, 5e-5)
+    with pytest.raises(UnjudgeableToleranceError):
+        run_success(runs, eps_grid=[1e-2, 1e-6], criteria=["interpolation"])
+    # ... unless it went below eps' on its last step
+    runs.loc[0, "min_rel_loss"] = 5e-7
+    assert list(interpolation_success(runs, 1e-6)) == [True, False]
+
+
+BREAK = [True, True, False, True, True, True]
+
+
+@pytest.mark.parametrize("name,curve,expected", [
+    # bound breaks at checkpoint 2, eps'=1e-3 first reached at checkpoint 4
+    ("breaks_before_eps", _curve("r", [1, .5, .1, .01, 5e-4, 1e-4], BREAK), False),
+    # reaches eps' at checkpoint 1, bound breaks later at checkpoint 2 (the flip floor)
+    ("breaks_after_eps", _curve("r", [1, 5e-4, 1e-4, 2e-4, 1e-4, 1e-4], BREAK), True),
+    # the checkpoint that first reaches eps' is itself checked
+    ("breaks_at_eps", _curve("r", [1, .5, 5e-4, 1e-4, 1e-4, 1e-4], BREAK), False),
+    # lambda_min drops below lambda_star / 2 before eps'
+    ("spectrum_before_eps", _curve("r", [1, .5, .1, .01, 5e-4, 1e-4], True,
+                                   [.2, .2, .09, .2, .2, .2]), False),
+    # a NaN lambda_min is "not measured", not a violation
+    ("spectrum_unmeasured", _curve("r", [1, .5, .1, .01, 5e-4, 1e-4], True,
+                                   [.2, np.nan, np.nan, .2, .2, .2]), True),
+    # never reaches eps': every checkpoint counts
+    ("never_reaches_holds", _curve("r", [1, .5, .1, .05, .02, .01], True), True),
+    ("never_reaches_breaks_last", _curve("r", [1, .5, .1, .05, .02, .01], [True] * 5 + [False]), False),
+])
+def test_regime_on_hand_made_curves(name, curve, expected):
+    runs = _runs(run_id=["r"], status=["budget"], min_rel_loss=[curve["rel_loss"].min()])
+    assert list(regime_success(runs, complete_curves(curve), 1e-3)) == [expected]
+
+
+def test_regime_depends_on_eps():
+    curve = _curve("r", [1, 5e-3, 5e-4, 1e-4, 1e-4, 1e-4], BREAK)
+    runs = _runs(run_id=["r"], status=["budget"], min_rel_loss=[1e-4])
+    assert list(regime_success(runs, curve, 1e-2)) == [True]   # reached at checkpoint 1
+    assert list(regime_success(runs, curve, 1e-3)) == [False]  # reached at 2, where it breaks
+
+
+def test_regime_fails_diverged_and_needs_curves():
+    runs = _runs(run_id=["a", "b"], status=["diverged", "budget"], min_rel_loss=[1e-5, 1e-5])
+    curves = _curve("a", [1, 1e-5], True)
+    with pytest.raises(ValueError, match="no checkpoints"):
+        regime_success(runs, curves, 1e-3)
+    curves = pd.concat([curves, _curve("b", [1, 1e-5], True)])
+    assert list(regime_success(runs, curves, 1e-3)) == [False, True]
+
+
+def test_run_success_and_rates():
+    runs = _runs(m=[16] * 4 + [32] * 4, status=["budget"] * 8, min_rel_loss=[1e-3, 1, 1, 1, 1e-3, 1e-3, 1e-3, 1])
+    success = run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
+    assert list(success.columns) == ["n", "k", "delta", "bias", "criterion", "eps", "m", "run_id", "seed", "success"]
+    rates = success_rates(success, confidence=0.9)
+    assert list(rates["m"]) == [16, 32]
+    assert list(rates["successes"]) == [1, 3] and list(rates["trials"]) == [4, 4]
+    lo, hi = wilson_interval([1, 3], [4, 4], 0.9)
+    np.testing.assert_allclose(rates["rate_lo"], lo)
+    np.testing.assert_allclose(rates["rate_hi"], hi)
+
+
+def test_mixed_modes_in_a_cell_raise_unless_stratified():
+    runs = _runs(mode=["relu", "frozen"], status="budget", min_rel_loss=1e-3)
+    with pytest.raises(ValueError, match="mode"):
+        run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
+    rates = success_rates(run_success(runs, eps_grid=[1e-2], criteria=["interpolation"], strata=("mode",)))
+    assert sorted(rates["mode"]) == ["frozen", "relu"]
+
+
+def test_missing_column_is_named():
+    runs = _runs(status=["budget"], min_rel_loss=[1e-3]).drop(columns="min_rel_loss")
+    with pytest.raises(MissingColumnError, match="min_rel_loss"):
+        run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
+    with pytest.raises(ValueError, match="curves"):
+        run_success(_runs(status=["budget"], min_rel_loss=[1e-3]), eps_grid=[1e-2])
