@@ -66,8 +66,11 @@ def bootstrap_threshold(m: Sequence[int], successes: Sequence[int], trials: Sequ
     ``Binomial(trials, successes / trials)`` draw, which is what is drawn.  A replicate censored
     above counts as ``inf``, one censored below as ``m_min``; so ``m_star_hi = inf`` means the
     interval is open above the tested range and ``m_star_lo = m_min`` means "at or below m_min".
-    Returns ``m_star_lo, m_star_hi, boot_above_frac`` (fraction of replicates censored above).
+    Returns ``m_star_lo, m_star_hi, boot_above_frac`` (fraction of replicates censored above);
+    all NaN when ``n_boot == 0`` (no bootstrap asked for).
     """
+    if n_boot == 0:
+        return {"m_star_lo": np.nan, "m_star_hi": np.nan, "boot_above_frac": np.nan}
     order = np.argsort(m)
     m = np.asarray(m, dtype=float)[order]
     n = np.asarray(trials, dtype=np.int64)[order]

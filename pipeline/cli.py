@@ -24,6 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
     run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    se = sub.add_parser("search", help="search each cell's critical width (the config's 'search' section)")
+    se.add_argument("config")
+    se.add_argument("--out")
+    se.add_argument("--tracking-uri")
+    se.add_argument("--no-mlflow", action="store_true")
+    se.add_argument("--address")
+    se.add_argument("--num-cpus", type=int)
+    se.add_argument("--no-progress", action="store_true")
     sy = sub.add_parser("sync", help="log to MLflow every run that is in Parquet but not in MLflow")
     sy.add_argument("config")
     sy.add_argument("--out")
@@ -44,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
             tracker.close()
             print(f"synced {n} runs from {out} to {uri}")
             return 0
+        if args.command == "search":
+            if cfg.search is None:
+                raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
+            from .search import run_search
+
+            report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
+                                       address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+            print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
+                  .to_string(index=False))
+            print("\n".join(report.lines()))
+            print(f"thresholds: {__import__('pathlib').Path(out) / 'thresholds'}")
+            return 1 if report.failed else 0
         if args.dry_run:
             preflight(cfg, __import__("pathlib").Path(out), None)
             print("\n".join(estimate_lines(cfg, out)))

@@ -147,6 +147,36 @@ class Tracking(_Frozen):
     enabled: bool = True
 
 
+class Search(_Frozen):
+    """The adaptive threshold search (``python -m pipeline search``): for each cell of the grid
+    (its ``m`` list is not used), the smallest width on the ladder ``m_min * 2^(i/resolution)``
+    whose success rate over ``seeds.init`` reaches ``1 - delta_fail`` under ``criterion`` at
+    tolerance ``eps``. It steps up ``gallop_octaves`` at a time until a width meets the target,
+    bisects in log m, confirms one step above, and gives ``extra_seeds`` more seeds to widths
+    whose outcomes disagree. Seeds are evaluated ``chunk`` at a time, stopping a width as soon
+    as its outcome is certain."""
+
+    m_min: PosInt = 16
+    m_max: PosInt = 8192
+    resolution: Literal[1, 2, 4] = 1
+    gallop_octaves: PosInt = 2
+    criterion: Literal["interpolation", "regime"] = "interpolation"
+    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3
+    extra_seeds: NonNegInt = 8
+    chunk: PosInt | None = None
+
+    @field_validator("eps", mode="before")
+    @classmethod
+    def _float(cls, v):
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.m_max < self.m_min:
+            raise ValueError(f"m_max={self.m_max} must be >= m_min={self.m_min}")
+        return self
+
+
 _D_RULE_NODES = (ast.Expression, ast.BinOp, ast.Add, ast.Sub, ast.Mult, ast.FloorDiv, ast.Name, ast.Constant,
                  ast.Load, ast.Call, ast.UnaryOp, ast.USub)
 
@@ -197,6 +227,7 @@ class SweepConfig(_Frozen):
     resources: Resources = Resources()
     tracking: Tracking = Tracking()
     output: str = "runs/{name}"
+    search: Search | None = None
     delta_fail: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
     @field_validator("delta_2", "delta_fail", mode="before")
@@ -215,6 +246,9 @@ class SweepConfig(_Frozen):
 
     @model_validator(mode="after")
     def _cells(self):
+        if self.search and self.search.eps < self.training.eps:
+            raise ValueError(f"search.eps: {self.search.eps:g} is below training.eps={self.training.eps:g}, where runs "
+                             f"stop; raise search.eps or lower training.eps")
         for n in self.grid.n:
             for k in self.grid.k:
                 try:

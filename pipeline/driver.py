@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import SweepConfig
 from .grid import TaskSpec, plan
+from .pool import TaskPool
 from .results import ResultsError, archive, check_manifest, done_run_ids, prepare, quarantine_corrupt, write_task
 from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
 
@@ -96,17 +97,6 @@ def preflight(cfg: SweepConfig, out: Path, tracking_uri: str | None) -> None:
         raise SetupError(str(exc)) from None
 
 
-def _remote_execute(task: TaskSpec, num_cpus: float, commit: str) -> dict:
-    import ray
-    import torch
-
-    from .task import execute
-
-    torch.set_num_threads(max(1, int(num_cpus)))
-    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return execute(task, device=device, git_commit=commit)
-
-
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start
     an embedded local Ray."""
@@ -126,7 +116,7 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
               progress: bool = True, max_in_flight: int | None = None) -> SweepReport:
     t0 = time.perf_counter()
     out = Path(out) if out else cfg.output_dir()
-    uri = resolve_uri(tracking_uri, cfg.tracking.uri) if mlflow and cfg.tracking.enabled else None
+    uri = start_tracking(cfg, tracking_uri, mlflow)
     preflight(cfg, out, uri)
     prepare(out, cfg.fingerprint(), cfg.name)
     report = SweepReport(grid_runs=0, out=out, tracking_uri=uri)
@@ -162,40 +152,39 @@ def _delete_children(tracker: Tracker) -> None:
         tracker.client.delete_run(r.info.run_id)
 
 
+def start_tracking(cfg: SweepConfig, tracking_uri: str | None, mlflow: bool) -> str | None:
+    """The tracking URI to use, or None for Parquet only."""
+    return resolve_uri(tracking_uri, cfg.tracking.uri) if mlflow and cfg.tracking.enabled else None
+
+
+def finish_task(out: Path, tracker: Tracker | None, task: TaskSpec, result: dict, report: SweepReport) -> None:
+    """Keep a finished task: Parquet first (what resume trusts), then MLflow."""
+    write_task(out, task.task_id, result["runs"], result["curves"])
+    if tracker:
+        tracker.log(result["runs"], result["curves"])
+    report.done += len(result["runs"])
+    report.diverged += sum(r["status"] == "diverged" for r in result["runs"])
+    report.spans.append(result["span"])
+
+
 def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight) -> None:
-    import ray
     from tqdm import tqdm
 
     init_ray(address, num_cpus)
-    res = cfg.resources
-    remote = ray.remote(_remote_execute).options(num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                                 max_retries=res.max_retries, retry_exceptions=False)
-    # a bounded window of tasks in flight keeps the object store and the driver small
-    window = max_in_flight or max(4, 4 * int(math.ceil(ray.cluster_resources().get("CPU", 1) / res.num_cpus)))
+    pool = TaskPool(cfg.resources, commit, max_in_flight)
     pending = list(reversed(tasks))
-    in_flight: dict = {}
     bar = tqdm(total=sum(len(t.seeds) for t in tasks), unit="run", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, desc=cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0)
     try:
-        while pending or in_flight:
-            while pending and len(in_flight) < window:
-                task = pending.pop()
-                in_flight[remote.remote(task, res.num_cpus, commit)] = task
-            ready, _ = ray.wait(list(in_flight), num_returns=1)
-            task = in_flight.pop(ready[0])
-            try:
-                result = ray.get(ready[0])
-            except Exception as exc:  # noqa: BLE001 - a failed task is reported, the sweep goes on
+        while pending or len(pool):
+            while pending and not pool.full:
+                pool.submit(pending.pop())
+            task, _, result, error = pool.next()
+            if error is not None:
                 report.failed += len(task.seeds)
-                report.errors.append(f"{task.task_id}: {type(exc).__name__}: {str(exc).strip().splitlines()[-1]}")
-                bar.update(len(task.seeds))
-                continue
-            write_task(out, task.task_id, result["runs"], result["curves"])
-            if tracker:
-                tracker.log(result["runs"], result["curves"])
-            report.done += len(result["runs"])
-            report.diverged += sum(r["status"] == "diverged" for r in result["runs"])
-            report.spans.append(result["span"])
-            bar.update(len(result["runs"]))
+                report.errors.append(f"{task.task_id}: {type(error).__name__}: {str(error).strip().splitlines()[-1]}")
+            else:
+                finish_task(out, tracker, task, result, report)
+            bar.update(len(task.seeds))
     finally:
         bar.close()

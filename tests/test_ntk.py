@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import RTOL
-from sobolev import Params, gram, gram_infinite, init_params, lambda_star, make_problem
+from sobolev import gram, gram_infinite, init_params, lambda_star, make_problem
 from sobolev.problem import alpha_beta
 from sobolev.theory import prop1_lower_bound
 
