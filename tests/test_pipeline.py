@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -117,11 +118,15 @@ def test_ray_job_submit_to_a_started_cluster(tmp_path):
         wait_http(address + "/api/version", timeout=120)
         cfg_path = write_yaml(tmp_path / "job.yaml", tiny_dict(name="job", grid=dict(n=[4], m=[16])))
         out = tmp_path / "out"
-        job = subprocess.run(
-            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
-             "--runtime-env-json", '{"excludes": [".venv*", "runs", "results", "*.db", ".git"]}', "--",
-             "python", "-m", "pipeline", "run", cfg_path, "--out", str(out), "--no-mlflow", "--no-progress"],
-            env=env, capture_output=True, text=True, timeout=400)
+        for _ in range(30):  # the head's job agent may come up after the dashboard answers
+            job = subprocess.run(
+                [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
+                 "--runtime-env-json", '{"excludes": [".venv*", "runs", "results", "*.db", ".git"]}', "--",
+                 "python", "-m", "pipeline", "run", cfg_path, "--out", str(out), "--no-mlflow", "--no-progress"],
+                env=env, capture_output=True, text=True, timeout=400)
+            if "No available agent" not in job.stdout + job.stderr:
+                break
+            time.sleep(2)
         assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
         assert "sweep finished" in job.stdout
         runs = read_table(out, "runs")
