@@ -277,6 +277,23 @@ cells = th.drop_duplicates(list(THRESHOLD_KEYS))
 display(exponent_table(fit_exponents(cells, m_col="m_thm", by=["bias"])))
 
 # %% [markdown]
+# ### Thresholds from an adaptive search
+#
+# `python -m pipeline search` writes one table per search to `<results>/thresholds/` (one row per cell:
+# `m_star`, `censored`, the bracket, the widths it evaluated). The same exponent fit reads it; where the
+# results directory holds a search, its exponents are shown here beside the grid's.
+
+# %%
+searches = sorted((RESULTS / "thresholds").glob("*.parquet")) if (RESULTS / "thresholds").is_dir() else []
+for path in searches:
+    found = pd.read_parquet(path)
+    print(f"{path.name}: {len(found)} cells, criterion {found['criterion'].iloc[0]} at eps'={found['eps'].iloc[0]:g}, "
+          f"{int(found['runs_used'].sum())} runs used")
+    display(exponent_table(fit_exponents(found, by=["bias", "criterion", "eps"])))
+if not searches:
+    print("no search thresholds in", RESULTS)
+
+# %% [markdown]
 # ## 4. The gap to the theorem's width
 #
 # `log10(m* / m_thm)`: how many orders of magnitude the measured threshold lies below (negative) the width
