@@ -62,7 +62,9 @@ def main() -> None:
     same = (both["steps_apart"] == 0).mean()
     grid_runs = len(load_results(Path(args.grid)).runs.query("seed in @cfg.seeds.init"))
     log = Path(args.grid) / "sweep_log.jsonl"
-    grid_wall = sum(json.loads(line)["wall_time"] for line in log.read_text().splitlines()) if log.exists() else np.nan
+    grid_wall = (sum(rec["wall_time"] for rec in map(json.loads, log.read_text().splitlines())
+                     if rec.get("command", "").endswith("run") or "pipeline run" in rec.get("command", ""))
+                 if log.exists() else np.nan)
     print(f"cells: {len(both)}; criterion {cfg.search.criterion} at eps'={cfg.search.eps:g}, target rate "
           f"{1 - cfg.delta_fail:g}, seeds {len(cfg.seeds.init)}")
     print(f"same m* as the grid: {same:.1%} of cells; within one grid step: {(both['steps_apart'] <= 1).mean():.1%}; "

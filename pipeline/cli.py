@@ -59,11 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
             report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
                                        address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+            report.config_path = args.config
             print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
                   .to_string(index=False))
             print("\n".join(report.lines()))
             print(f"thresholds: {__import__('pathlib').Path(out) / 'thresholds'}")
-            return 1 if report.failed else 0
+            return 1 if report.failed else 3 if not report.mlflow_complete else 0
         if args.dry_run:
             preflight(cfg, __import__("pathlib").Path(out), None)
             print("\n".join(estimate_lines(cfg, out)))
@@ -74,5 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SetupError, TrackingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    report.config_path = args.config
     print("\n".join(report.lines()))
-    return 1 if report.failed else 0
+    # 0: all done; 1: some tasks failed; 2: bad input (above); 3: all in Parquet, MLflow incomplete (run `sync`)
+    return 1 if report.failed else 3 if not report.mlflow_complete else 0

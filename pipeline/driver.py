@@ -7,6 +7,7 @@ at any point loses nothing that was finished, and a rerun skips it.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -36,7 +37,14 @@ class SweepReport:
     out: Path = Path(".")
     tracking_uri: str | None = None
     quarantined: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was set aside, and why
     errors: list[str] = field(default_factory=list)
+    mlflow_error: str | None = None  # set when MLflow logging stopped; Parquet is still complete
+    config_path: str | None = None  # for the `sync` command the summary suggests
+
+    @property
+    def mlflow_complete(self) -> bool:
+        return self.mlflow_error is None
 
     @property
     def train_time(self) -> float:
@@ -58,7 +66,14 @@ class SweepReport:
             ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if not self.tracking_uri.startswith("http")
                   else f"open {self.tracking_uri}")
             out.append(f"MLflow: {ui}" + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
-        out += [f"set aside unreadable file: {p}" for p in self.quarantined]
+        if self.mlflow_error:
+            out.append(f"MLflow INCOMPLETE: logging to {self.tracking_uri} failed ({self.mlflow_error}) and stopped; "
+                       f"every finished run is in Parquet. When the server answers again, fill MLflow with: "
+                       f"python -m pipeline sync {self.config_path or 'CONFIG'} --out {self.out} "
+                       f"--tracking-uri {self.tracking_uri}")
+        out += ([f"set aside: {n}" for n in self.notes] if self.notes else
+                [f"set aside: {p} (unreadable, or the rest of a task with an unreadable or missing file); "
+                 f"its runs are recomputed" for p in self.quarantined])
         out += [f"failed task: {e}" for e in self.errors]
         return out
 
@@ -105,10 +120,13 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs = dict(log_to_driver=True, include_dashboard=False) if not address else {}
-    if not address and num_cpus:
-        kwargs["num_cpus"] = num_cpus
-    ray.init(address=address, **kwargs)
+    if address:
+        ray.init(address=address)
+    else:
+        # "local", not None: ray.init(None) joins the cluster named in <tmp>/ray/ray_current_cluster,
+        # which a `ray start` cluster that died without `ray stop` leaves behind (a hang, or with
+        # num_cpus a crash)
+        ray.init(address="local", log_to_driver=True, include_dashboard=False, num_cpus=num_cpus or None)
 
 
 def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: str | None = None,
@@ -120,7 +138,7 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
     preflight(cfg, out, uri)
     prepare(out, cfg.fingerprint(), cfg.name)
     report = SweepReport(grid_runs=0, out=out, tracking_uri=uri)
-    report.quarantined = quarantine_corrupt(out)
+    report.quarantined = set_aside_corrupt(out, report)
     if force:
         archive(out)
     done = done_run_ids(out)
@@ -130,20 +148,60 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
     commit = git_commit()
     tracker = None
     if uri:
-        tracker = Tracker(uri, cfg.experiment_name(), cfg.name, commit,
-                          params=dict(config=cfg.model_dump_json(), grid_runs=report.grid_runs, tasks=len(tasks)))
-        if force:
-            _delete_children(tracker)
+        try:
+            tracker = Tracker(uri, cfg.experiment_name(), cfg.name, commit,
+                              params=dict(config=cfg.model_dump_json(), grid_runs=report.grid_runs, tasks=len(tasks)))
+            if force:
+                _delete_children(tracker)
+            tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
+        except Exception as exc:  # noqa: BLE001 - before any training: refuse, with the way out
+            raise SetupError(f"tracking: cannot use MLflow at {uri} ({one_line(exc)}); fix or start the server, "
+                             f"or pass --no-mlflow to write Parquet only and `python -m pipeline sync` later") from None
     try:
         if tasks:
             _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight)
-        if tracker:
-            report.synced = sync(tracker, out)  # runs a crashed driver wrote to Parquet only
+        if tracker and report.mlflow_complete:
+            try:
+                report.synced = sync(tracker, out)  # runs a crashed driver wrote to Parquet only
+            except Exception as exc:  # noqa: BLE001 - Parquet is complete; MLflow is reported incomplete
+                report.mlflow_error = one_line(exc)
     finally:
-        if tracker:
-            tracker.close("FINISHED" if not report.failed else "FAILED")
+        close_tracker(tracker, report)
     report.wall_time = time.perf_counter() - t0
+    log_invocation(out, "run", report, commit)
     return report
+
+
+def log_invocation(out: Path, command: str, report: SweepReport, commit: str) -> None:
+    """One line per invocation in ``<out>/sweep_log.jsonl``: what it did and how long it took."""
+    line = dict(command=command, finished=time.strftime("%FT%T%z"), wall_time=round(report.wall_time, 3),
+                train_time=round(report.train_time, 3), done=report.done, skipped=report.skipped,
+                failed=report.failed, diverged=report.diverged, git_commit=commit)
+    with open(out / "sweep_log.jsonl", "a") as fh:
+        fh.write(json.dumps(line) + "\n")
+
+
+def one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
+
+
+def set_aside_corrupt(out: Path, report: SweepReport) -> list[Path]:
+    """Move unreadable leftovers out of the tables (results.quarantine_corrupt), saying so at once
+    on stderr and again in the closing summary."""
+    def note(src: Path, dest: Path, why: str) -> None:
+        report.notes.append(f"{src.parent.name}/{src.name} -> {dest}: {why}; its runs are recomputed")
+        print(f"warning: set aside {src} -> {dest}: {why}; its runs are recomputed", file=sys.stderr)
+
+    return quarantine_corrupt(out, on_move=note)
+
+
+def close_tracker(tracker: Tracker | None, report: SweepReport) -> None:
+    if tracker:
+        try:
+            tracker.close("FINISHED" if not report.failed and report.mlflow_complete else "FAILED")
+        except Exception as exc:  # noqa: BLE001 - the server may be gone; Parquet is complete
+            report.mlflow_error = report.mlflow_error or one_line(exc)
 
 
 def _delete_children(tracker: Tracker) -> None:
@@ -158,10 +216,16 @@ def start_tracking(cfg: SweepConfig, tracking_uri: str | None, mlflow: bool) -> 
 
 
 def finish_task(out: Path, tracker: Tracker | None, task: TaskSpec, result: dict, report: SweepReport) -> None:
-    """Keep a finished task: Parquet first (what resume trusts), then MLflow."""
+    """Keep a finished task: Parquet first (what resume trusts), then MLflow. If MLflow fails,
+    the sweep goes on into Parquet only and the report says MLflow is incomplete (``sync`` fills it)."""
     write_task(out, task.task_id, result["runs"], result["curves"])
-    if tracker:
-        tracker.log(result["runs"], result["curves"])
+    if tracker and report.mlflow_complete:
+        try:
+            tracker.log(result["runs"], result["curves"])
+        except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
+            report.mlflow_error = one_line(exc)
+            print(f"warning: MLflow logging failed ({report.mlflow_error}); going on with Parquet only",
+                  file=sys.stderr)
     report.done += len(result["runs"])
     report.diverged += sum(r["status"] == "diverged" for r in result["runs"])
     report.spans.append(result["span"])

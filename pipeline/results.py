@@ -10,6 +10,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -99,19 +100,42 @@ def check_manifest(out: Path, fingerprint: str) -> None:
                 f"choose another --out")
 
 
-def quarantine_corrupt(out: Path) -> list[Path]:
-    """Move unreadable Parquet files (e.g. truncated by a crash of an older version) to
-    ``<out>/_corrupt/``, where no reader looks; return what was moved."""
-    moved = []
+def quarantine_corrupt(out: Path, on_move: Callable[[Path, Path, str], None] | None = None) -> list[Path]:
+    """Move aside, to ``<out>/_corrupt/`` where no reader looks, and return where to:
+
+    - every unreadable Parquet file (e.g. truncated by a crash of an older version), together
+      with the other table's file of the same task, so that the task is recomputed whole: a run
+      row never exists without its curves, and no old curves are left to duplicate the new ones;
+    - every curves file without a runs file (a task cut off between its two writes): its runs
+      are not done, and their recomputation, batched differently, would duplicate its rows.
+
+    ``on_move(source, destination, reason)`` is called for each file moved."""
+    def files(t: str) -> list[Path]:
+        return sorted((out / t).glob("*.parquet")) if (out / t).is_dir() else []
+
+    reasons: dict[str, tuple[str, str]] = {}  # file name -> (table of the bad file, why)
     for t in TABLES:
-        for f in sorted((out / t).glob("*.parquet")) if (out / t).is_dir() else []:
+        for f in files(t):
             try:
                 pq.read_metadata(f)
-            except Exception:  # noqa: BLE001 - any unreadable file is set aside, none is guessed at
+            except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, none is guessed at
+                reasons.setdefault(f.name, (t, f"unreadable Parquet file ({type(exc).__name__}: {str(exc)[:120]})"))
+    have_runs = {f.name for f in files("runs")}
+    for f in files("curves"):
+        if f.name not in have_runs:
+            reasons.setdefault(f.name, ("curves", "curves without a runs file (a task cut off between its two files)"))
+    moved = []
+    for name in sorted(reasons):
+        bad_table, why = reasons[name]
+        for t in TABLES:
+            f = out / t / name
+            if f.exists():
                 dest = out / QUARANTINE / t
                 dest.mkdir(parents=True, exist_ok=True)
-                os.replace(f, dest / f.name)
-                moved.append(dest / f.name)
+                os.replace(f, dest / name)
+                moved.append(dest / name)
+                if on_move:
+                    on_move(f, dest / name, why if t == bad_table else f"the other half of {bad_table}/{name}: {why}")
     return moved
 
 

@@ -19,7 +19,8 @@ import pandas as pd
 import pyarrow as pa
 
 from .config import SweepConfig
-from .driver import SweepReport, finish_task, git_commit, init_ray, preflight, start_tracking
+from .driver import (SetupError, SweepReport, close_tracker, finish_task, git_commit, init_ray, log_invocation,
+                     one_line, preflight, start_tracking)
 from .grid import Cell, TaskSpec, cells, run_id, training_of
 from .pool import TaskPool
 from .results import _atomic_write, prepare, quarantine_corrupt, read_table
@@ -154,8 +155,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
             bar.update(len(finished) - before)
     finally:
         bar.close()
-        if tracker:
-            tracker.close("FINISHED" if not report.failed else "FAILED")
+        close_tracker(tracker, report)
     table = thresholds_table(cfg, searches, trained, finished)
     name = f"search-{s.criterion}-eps{s.eps:g}-m{s.m_min}-{s.m_max}-r{s.resolution}"
     (out / "thresholds").mkdir(exist_ok=True)
@@ -163,6 +163,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
                   out / "thresholds" / f"{name}.parquet")
     report.grid_runs = sum(r["runs_used"] for r in table.to_dict("records"))
     report.wall_time = time.perf_counter() - t0
+    log_invocation(out, "search", report, commit)
     return report, table
 
 
@@ -195,4 +196,11 @@ def start_tracker(cfg, uri, commit, kind):
 
     if not uri:
         return None
-    return Tracker(uri, cfg.experiment_name(), cfg.name, commit, params=dict(config=cfg.model_dump_json(), kind=kind))
+    try:
+        tracker = Tracker(uri, cfg.experiment_name(), cfg.name, commit,
+                          params=dict(config=cfg.model_dump_json(), kind=kind))
+        tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
+        return tracker
+    except Exception as exc:  # noqa: BLE001 - before any training: refuse, with the way out
+        raise SetupError(f"tracking: cannot use MLflow at {uri} ({one_line(exc)}); fix or start the server, "
+                         f"or pass --no-mlflow to write Parquet only and `python -m pipeline sync` later") from None

@@ -80,6 +80,7 @@ class Tracker:
         parent = self.client.create_run(self.experiment_id, run_name=f"{sweep} {time.strftime('%F %T')}",
                                         tags={"sweep": sweep, "git_commit": git_commit, "kind": "sweep"})
         self.parent_id = parent.info.run_id
+        self.logged: set[str] = set()  # run_ids with a whole child run (see logged_run_ids)
         self._batch(self.parent_id, params={k: str(v)[:500] for k, v in params.items()})
 
     def _batch(self, mlflow_id: str, metrics=(), params=None, tags=None) -> None:
@@ -94,23 +95,34 @@ class Tracker:
             metrics, params, tags = metrics[_MAX_METRICS:], params[_MAX_PARAMS:], tags[_MAX_TAGS:]
 
     def logged_run_ids(self) -> set[str]:
-        """run_id tags of the child runs already in the experiment."""
+        """run_id tags of the child runs logged whole (terminated), remembered so that :meth:`log`
+        never logs one twice. A child still RUNNING was cut off mid-log (its driver or the server
+        died): it is deleted, so that the run is logged again, whole. (Only one driver per
+        experiment at a time: a child that another live driver is logging would be cut off too.)"""
         ids, token = set(), None
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string="tags.kind = 'run'",
                                            max_results=5000, page_token=token)
-            ids.update(r.data.tags.get("run_id") for r in page)
+            for r in page:
+                if r.info.status in ("RUNNING", "SCHEDULED"):
+                    self.client.delete_run(r.info.run_id)
+                else:
+                    ids.add(r.data.tags.get("run_id"))
             token = page.token
             if not token:
-                return ids
+                self.logged = ids
+                return set(ids)
 
     def log(self, runs: list[dict], curves: dict[str, list]) -> None:
-        """One child run per record of ``runs``, with its rows of ``curves``."""
+        """One child run per record of ``runs``, with its rows of ``curves``; a run already
+        logged whole (see :meth:`logged_run_ids`) is skipped, so none is logged twice."""
         by_run: dict[str, list[int]] = {}
         for i, rid in enumerate(curves["run_id"]):
             by_run.setdefault(rid, []).append(i)
         now = int(time.time() * 1000)
         for rec in runs:
+            if rec["run_id"] in self.logged:
+                continue
             tags = {f: rec[f] for f in TAG_FIELDS} | {"kind": "run", "mlflow.parentRunId": self.parent_id}
             name = (f"n{rec['n']}-k{rec['k']}-m{rec['m']}-delta{rec['delta']:g}-"
                     f"{'bias' if rec['bias'] else 'nobias'}-seed{rec['seed']}")
@@ -123,6 +135,7 @@ class Tracker:
                             if _finite(curves[f][i])]
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED")
+            self.logged.add(rec["run_id"])
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)
