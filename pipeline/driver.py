@@ -34,6 +34,9 @@ class SweepReport:
     synced: int = 0
     wall_time: float = 0.0
     spans: list[tuple[float, float]] = field(default_factory=list)
+    started: float = field(default_factory=time.time)  # epoch seconds, comparable with the task spans
+    parquet_time: float = 0.0
+    mlflow_time: float = 0.0
     out: Path = Path(".")
     tracking_uri: str | None = None
     quarantined: list[Path] = field(default_factory=list)
@@ -218,10 +221,14 @@ def start_tracking(cfg: SweepConfig, tracking_uri: str | None, mlflow: bool) -> 
 def finish_task(out: Path, tracker: Tracker | None, task: TaskSpec, result: dict, report: SweepReport) -> None:
     """Keep a finished task: Parquet first (what resume trusts), then MLflow. If MLflow fails,
     the sweep goes on into Parquet only and the report says MLflow is incomplete (``sync`` fills it)."""
+    t0 = time.perf_counter()
     write_task(out, task.task_id, result["runs"], result["curves"])
+    t1 = time.perf_counter()
+    report.parquet_time += t1 - t0
     if tracker and report.mlflow_complete:
         try:
             tracker.log(result["runs"], result["curves"])
+            report.mlflow_time += time.perf_counter() - t1
         except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
             report.mlflow_error = one_line(exc)
             print(f"warning: MLflow logging failed ({report.mlflow_error}); going on with Parquet only",

@@ -91,11 +91,29 @@ def replicas_per_task(cfg: SweepConfig, cell: Cell) -> int:
     """Seeds per task: as configured, or as many as fit the memory budget (``auto``)."""
     if cfg.resources.replicas_per_task != "auto":
         return cfg.resources.replicas_per_task
-    from sobolev.memory import default_budget_bytes, replicas_that_fit
+    import torch
+
+    from sobolev.memory import replicas_that_fit
 
     budget = (cfg.resources.memory_budget_gb * 2**30 if cfg.resources.memory_budget_gb
-              else default_budget_bytes(gpu=cfg.resources.num_gpus > 0, fraction=cfg.resources.num_gpus or None))
-    return max(1, replicas_that_fit(budget, cell.n, cell.d, cell.k, cell.m, cfg.training.dtype, bias=cell.bias))
+              else default_budget_bytes(cfg.resources.num_cpus, cfg.resources.num_gpus))
+    fit = replicas_that_fit(int(budget), cell.n, cell.d, cell.k, cell.m, getattr(torch, cfg.training.dtype),
+                            bias=cell.bias, mode=cfg.training.mode, check_every=cfg.training.check_every)
+    return max(1, min(fit, len(cfg.seeds.init)))
+
+
+def default_budget_bytes(num_cpus: float, num_gpus: float) -> float:
+    """A task's share of a device: 80% of the GPU memory it is given (that of the driver's first
+    GPU, else 16 GiB per GPU), or half of the host memory per CPU times its CPUs."""
+    import os
+
+    import psutil
+    import torch
+
+    if num_gpus > 0:
+        total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 16 * 2**30
+        return 0.8 * total * min(num_gpus, 1.0)
+    return 0.5 * psutil.virtual_memory().total / (os.cpu_count() or 1) * num_cpus
 
 
 def plan(cfg: SweepConfig, *, skip: set[str] = frozenset()) -> tuple[list[TaskSpec], int]:

@@ -1,10 +1,12 @@
 """Gradient flow on the directional Sobolev loss, as gradient descent over R replicas at once.
 
 The hot loop runs three GEMMs per step (pre-activations, input gradients, weight
-gradient) on preallocated buffers, with no host-device synchronisation: per-step
-losses go to a device buffer that is read every ``check_every`` steps, where the
-stopping rules are applied. Diagnostics that build ``H`` (O(n^2 k^2 m)) run only at
-log-spaced checkpoints and at each replica's stop.
+gradient) and a few O(R n k d) operations on preallocated buffers, with no
+host-device synchronisation: per-step losses go to a device buffer that is read
+every ``check_every`` steps, where the stopping rules are applied. Diagnostics that
+build ``H`` (O(n^2 k^2 m)) run only at log-spaced checkpoints and at each replica's
+stop. Nothing of size O(m) is copied while training (``sobolev.memory`` counts what
+is allocated).
 
 Modes: ``relu`` is the true dynamics; ``frozen`` keeps the activation patterns of
 t = 0 (the linearised, NTK model), whose residual follows ``(I - eta H(0))^s r(0)``.
@@ -12,6 +14,7 @@ t = 0 (the linearised, NTK model), whose residual follows ``(I - eta H(0))^s r(0
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field
 
@@ -110,10 +113,20 @@ class _Batch:
     def __len__(self) -> int:
         return len(self.h["replica"])
 
-    def keep(self, rows: np.ndarray) -> None:
-        idx = torch.as_tensor(rows, dtype=torch.long, device=self.t["W"].device)
-        self.t = {k: v.index_select(0, idx).contiguous() for k, v in self.t.items()}
-        self.h = {k: v[rows] for k, v in self.h.items()}
+    def drop(self, stopped: np.ndarray) -> None:
+        """Drops the rows where ``stopped``, moving the last remaining rows into their places:
+        at most one row copy per stopped replica, and no temporary copy of the batch."""
+        order = np.flatnonzero(~stopped)
+        n_keep = len(order)
+        holes = np.flatnonzero(stopped[:n_keep])
+        movers = order[order >= n_keep]
+        for dst, src in zip(holes, movers):
+            for v in self.t.values():
+                v[dst].copy_(v[src])
+        order = np.arange(n_keep)
+        order[holes] = movers
+        self.t = {k: v[:n_keep] for k, v in self.t.items()}
+        self.h = {k: v[order] for k, v in self.h.items()}
 
 
 def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(), *,
@@ -123,17 +136,17 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
     _check(params, problem)
     cfg = config
     X, V, y, h, _ = effective_data(problem)
-    n, D, k = V.shape
+    n, _, k = V.shape
     R, m = params.R, params.m
     dt = X.dtype
     lam_star = _lambda_star(problem) if lambda_star is None else float(lambda_star)
     t_budget = cfg.flow_time_budget(lam_star)
     frozen = cfg.mode == "frozen"
-    XT = X.T.contiguous()
+    ws = _Workspace(R, m, X, V, y, h, frozen)
 
     W = params.effective_W().clone()
     a = params.a.clone()
-    Aa0 = (W @ XT > 0).to(dt) * a[..., None]  # (R, m, n)
+    Aa0 = _signed_pattern(W, a, ws.XT, torch.empty(R, m, n, dtype=dt, device=X.device))
     s0 = Aa0.transpose(1, 2) @ Aa0
 
     def residual(Wb, Aab):
@@ -144,9 +157,7 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
 
     e0, S0 = residual(W, Aa0)
     r0 = torch.cat([e0, S0.reshape(R, n * k)], dim=1)
-    H0 = expand_kernel(s0, X, V)
-    lam0, Q0 = torch.linalg.eigh(H0.double())
-    c0 = (Q0.transpose(1, 2) @ r0.double()[..., None])[..., 0]
+    lam0, Q0, c0 = _eigen_start(s0, r0, X, V)
     r0_sq = r0.double().pow(2).sum(1).cpu().numpy()
     if not np.all(r0_sq > 0):
         raise ValueError("train: a replica starts with zero residual; nothing to fit")
@@ -154,12 +165,15 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
     eta0 = cfg.step_factor / lam0_np[:, -1]
 
     loss0 = r0_sq / 2
+    # lam0 copied even in float64: the batch moves its rows in place, lam0_np must not follow
+    state = dict(W=W, W0=W.clone(), a=a, Aa0=Aa0, s0=s0, Q0=Q0, lam0=lam0.to(dt, copy=True), c0=c0,
+                 live=torch.ones(R, dtype=dt, device=X.device), applied=torch.zeros(R, dtype=dt, device=X.device),
+                 thr_eps=torch.as_tensor(cfg.eps * loss0, dtype=dt, device=X.device),
+                 thr_div=torch.as_tensor(cfg.divergence_factor * loss0, dtype=dt, device=X.device))
+    if not frozen:
+        state["Aa_snap"] = Aa0.clone()  # the pattern at the last check, for the flip accounting
     batch = _Batch(
-        dict(W=W, W0=W.clone(), a=a, Aa0=Aa0, Aa_snap=Aa0.clone(), s0=s0, Q0=Q0.to(dt), lam0=lam0.to(dt),
-             c0=c0.to(dt), live=torch.ones(R, dtype=dt, device=X.device),
-             applied=torch.zeros(R, dtype=dt, device=X.device),
-             thr_eps=torch.as_tensor(cfg.eps * loss0, dtype=dt, device=X.device),
-             thr_div=torch.as_tensor(cfg.divergence_factor * loss0, dtype=dt, device=X.device)),
+        state,
         dict(replica=np.arange(R), t=np.zeros(R), eta=eta0, r0_sq=r0_sq, applied=np.zeros(R),
              min_rel=np.ones(R), fit=np.zeros((R, 5)), flips=np.zeros(R), jumps=np.zeros(R),
              flips_total=np.zeros(R), jumps_total=np.zeros(R)),
@@ -173,25 +187,34 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
     schedule = checkpoint_steps(cfg.max_steps, cfg.checkpoints_per_decade)
 
     def diagnose(sel: np.ndarray, steps: np.ndarray) -> None:
-        """Checkpoint rows for active rows ``sel`` at their current weights."""
+        """Checkpoint rows for active rows ``sel`` at their current weights. The O(m) work
+        runs on all active rows, in place (the pattern goes to the workspace, idle between
+        intervals), so that no weights are copied; only the O(n^2 k^2) work is on ``sel``."""
         T, Hh = batch.t, batch.h
         ix = torch.as_tensor(sel, dtype=torch.long, device=X.device)
-        Wb, ab = T["W"].index_select(0, ix), T["a"].index_select(0, ix)
-        Aa = T["Aa0"].index_select(0, ix) if frozen else (Wb @ XT > 0).to(dt) * ab[..., None]
-        e, S = residual(Wb, Aa)
+        Aa = T["Aa0"] if frozen else _signed_pattern(T["W"], T["a"], ws.XT, ws.Aa)
+        e, S = residual(T["W"], Aa)
+        e, S = e[ix], S[ix]
         e_sq, S_sq = e.double().pow(2).sum(1), S.double().pow(2).sum((1, 2))
-        s = Aa.transpose(1, 2) @ Aa
-        ds = s - T["s0"].index_select(0, ix)
-        ev = torch.linalg.eigvalsh(expand_kernel(s, X, V).double())
+        s = (Aa.transpose(1, 2) @ Aa)[ix]
+        ds = s - T["s0"][ix]
+        with _lapack_threads():
+            ev = torch.linalg.eigvalsh(expand_kernel(s, X, V).double())
         drift = expand_kernel(ds, X, V).double().pow(2).sum((1, 2)).sqrt()
-        move = (Wb - T["W0"].index_select(0, ix)).double().norm(dim=2).amax(dim=1)
-        flipfrac = ((Aa != 0) != (T["Aa0"].index_select(0, ix) != 0)).double().mean((1, 2))
+        move = torch.linalg.vector_norm(T["W"] - T["W0"], dim=2).amax(dim=1)[ix].double()
+        if frozen:
+            flipfrac = torch.zeros(len(sel), dtype=torch.float64, device=X.device)
+        else:
+            # a_r != 0, so the signed patterns differ exactly where the pattern bits do; the
+            # indicator overwrites the pattern (its last use) rather than taking m n more bytes
+            flips = torch.ne(Aa, T["Aa0"], out=Aa).sum(1).double().sum(1)  # counts <= m per point: exact
+            flipfrac = flips[ix] / (m * n)
         t = Hh["t"][sel]
         # distance to the linearised flow exp(-H(0) t) r(0), in H(0)'s eigenbasis
         r = torch.cat([e, S.reshape(len(sel), n * k)], dim=1)
-        lin = torch.exp(-T["lam0"].index_select(0, ix) * torch.as_tensor(t, dtype=dt, device=X.device)[:, None])
-        lin = lin * T["c0"].index_select(0, ix)
-        qr = (T["Q0"].index_select(0, ix).transpose(1, 2) @ r[..., None])[..., 0]
+        lin = torch.exp(-T["lam0"][ix] * torch.as_tensor(t, dtype=dt, device=X.device)[:, None])
+        lin = lin * T["c0"][ix]
+        qr = (T["Q0"][ix].transpose(1, 2) @ r[..., None])[..., 0]
         r0_sq = Hh["r0_sq"][sel]
         r_sq = (e_sq + S_sq).cpu().numpy()
         bound = np.exp(-lam_star * t) * r0_sq
@@ -215,7 +238,6 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
 
     step = 0
     diagnose(np.arange(R), np.zeros(R))
-    ws = _Workspace(R, m, n, D, dt, X.device)
     ckpt_set = set(schedule.tolist())
     while len(batch):
         Ra, T, Hh = len(batch), batch.t, batch.h
@@ -224,7 +246,7 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
         to_tmax = int(np.ceil((t_budget - Hh["t"]) / Hh["eta"] - 1e-9).min())
         n_steps = max(1, min(cfg.check_every, next_ckpt - step, cfg.max_steps - step, to_tmax))
         eta_t = torch.as_tensor(Hh["eta"], dtype=dt, device=X.device)
-        losses = ws.run(T, XT, X, V, y, h, eta_t, n_steps, frozen)
+        losses = ws.run(T, eta_t, n_steps)
         # every check: one read of the loss buffer and the live flags (the only sync)
         L = losses.cpu().numpy()  # (Ra, n_steps): loss at W_step .. W_{step+n_steps-1}
         applied = T["applied"].cpu().numpy().copy()  # on the CPU .numpy() aliases the live counter
@@ -246,7 +268,7 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
         own_steps = step + n_live
         step += n_steps
         if not frozen:
-            fl, jn = ws.flips_and_jumps(T, V)
+            fl, jn = ws.flips_and_jumps(T)
             for key, v in (("flips", fl), ("flips_total", fl), ("jumps", jn), ("jumps_total", jn)):
                 Hh[key] += v
         out_of_time = ~ended & (Hh["t"] >= t_budget * (1 - 1e-12))
@@ -259,7 +281,8 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
         if stop.any():
             sel = np.flatnonzero(stop)
             reps = Hh["replica"][sel]
-            out_W[torch.as_tensor(reps, device=X.device)] = T["W"][torch.as_tensor(sel, device=X.device)]
+            for j, rep in zip(sel, reps):
+                out_W[rep].copy_(T["W"][j])
             final["steps"][reps] = own_steps[sel]
             final["t"][reps] = Hh["t"][sel]
             final["stopped_by"][reps] = np.select([div[sel], conv[sel], out_of_time[sel]],
@@ -268,9 +291,8 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
             final["eps_t"][reps] = np.where(conv[sel], Hh["t"][sel], np.nan)
             for key in ("min_rel", "fit", "flips_total", "jumps_total"):
                 final[key][reps] = Hh[key][sel]
-            keep = np.flatnonzero(~stop)
-            batch.keep(keep)
-            ws = ws.resized(len(keep))
+            batch.drop(stop)
+            ws = ws.resized(len(batch))
 
     curves = {f: np.concatenate([r[f] for r in rows]) for f in CURVE_FIELDS}
     order = np.lexsort((curves["step"], curves["replica"]))
@@ -308,48 +330,103 @@ def _summarise(curves, final, lam0, lam_star, r0_sq, R) -> dict[str, np.ndarray]
     )
 
 
-class _Workspace:
-    """Preallocated buffers of the hot loop for ``Ra`` active replicas."""
+def _signed_pattern(W: torch.Tensor, a: torch.Tensor, XT: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a_r 1{w_r^T x_i > 0}`` (R, m, n) for contiguous ``W``, written into ``out``: one GEMM
+    over all replicas' rows at once, then two in-place passes."""
+    torch.mm(W.view(-1, W.shape[2]), XT, out=out.view(-1, XT.shape[1]))
+    return out.gt_(0).mul_(a[..., None])
 
-    def __init__(self, Ra: int, m: int, n: int, D: int, dtype, device):
-        self.shape = (Ra, m, n, D, dtype, device)
-        self.Aa = torch.empty(Ra, m, n, dtype=dtype, device=device)
-        self.G = torch.empty(Ra, n, D, dtype=dtype, device=device)
-        self.losses = torch.empty(0, Ra, dtype=dtype, device=device)  # (steps, Ra): rows contiguous
+
+@contextlib.contextmanager
+def _lapack_threads():
+    """One CPU thread for LAPACK on a batch of small matrices: its threads meet at every
+    step of each factorisation, which costs more than they save, and 10-100x more when the
+    cores are shared with other processes (measured in BENCHMARKS.md)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _eigen_start(s0: torch.Tensor, r0: torch.Tensor, X: torch.Tensor, V: torch.Tensor):
+    """Eigenvalues of ``H(0)`` (float64), its eigenvectors and ``r(0)`` in their basis (in the
+    working dtype). A function of its own so that the float64 eigenvectors are not kept."""
+    with _lapack_threads():
+        lam0, Q0 = torch.linalg.eigh(expand_kernel(s0, X, V).double())
+    c0 = (Q0.transpose(1, 2) @ r0.double()[..., None])[..., 0]
+    return lam0, Q0.to(r0.dtype), c0.to(r0.dtype)
+
+
+class _Workspace:
+    """Preallocated buffers of the hot loop for ``Ra`` active replicas, and the data in the
+    layouts its GEMMs want.
+
+    Per step: the signed pattern ``Aa`` (R, m, n) (one GEMM), the input gradients
+    ``G_i = grad_x f(x_i)`` (R, n, D) (one GEMM), then per point ``(f_i, F_i) = G_i^T (x_i, V_i)``
+    and back ``u_i = (x_i, V_i) (e_i, dF_i)`` as GEMMs batched over the n points, and the
+    weight gradient ``Aa u`` fused into the update (one GEMM). The per-point products are
+    laid out (n, k+1, R), the orientation in which these small GEMMs run at full speed.
+    """
+
+    def __init__(self, Ra: int, m: int, X, V, y, h, frozen: bool, Aa: torch.Tensor | None = None):
+        n, D, k = V.shape
+        dt, dev = X.dtype, X.device
+        self.Ra, self.m, self.frozen, self.data = Ra, m, frozen, (X, V, y, h)
+        self.XT = X.T.contiguous()
+        self.XVT = torch.cat([X[:, None, :], V.transpose(1, 2)], dim=1)  # (n, k+1, D): rows x_i, V_i^T
+        self.yh = torch.cat([y[:, None], h], dim=1)[..., None]  # (n, k+1, 1)
+        if Aa is None and not frozen:  # frozen mode steps with the batch's Aa0
+            Aa = torch.empty(Ra, m, n, dtype=dt, device=dev)
+        self.Aa = Aa
+        self.G = torch.empty(Ra, n, D, dtype=dt, device=dev)
+        self.res = torch.empty(n, k + 1, Ra, dtype=dt, device=dev)
+        self.half_sq = torch.empty_like(self.res)
+        self.zero = torch.zeros((), dtype=dt, device=dev)
+        self.u = torch.empty(n, Ra, D, dtype=dt, device=dev)
+        self.eta_live = torch.empty(Ra, dtype=dt, device=dev)
+        self.losses = torch.empty(0, Ra, dtype=dt, device=dev)  # (steps, Ra): rows contiguous
 
     def resized(self, Ra: int) -> "_Workspace":
-        return _Workspace(Ra, *self.shape[1:])
+        """The workspace of the first ``Ra`` rows (the batch keeps its rows at the front),
+        sharing the pattern buffer."""
+        return _Workspace(Ra, self.m, *self.data, self.frozen, None if self.Aa is None else self.Aa[:Ra])
 
-    def run(self, T, XT, X, V, y, h, eta, n_steps: int, frozen: bool) -> torch.Tensor:
-        Ra, m, n, D = self.shape[:4]
+    def run(self, T, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """``n_steps`` gradient steps of the live replicas in ``T``; returns their losses
+        (Ra, n_steps) at the weights each step started from."""
         if self.losses.shape[0] < n_steps:
-            self.losses = torch.empty(n_steps, Ra, dtype=self.Aa.dtype, device=self.Aa.device)
-        W, a3, Aa, G = T["W"], T["a"][..., None], self.Aa, self.G
-        live, applied, thr_eps, thr_div = T["live"], T["applied"], T["thr_eps"], T["thr_div"]
-        if frozen:
-            Aa = T["Aa0"]
-        W2 = W.view(Ra * m, D)
-        Z2 = self.Aa.view(Ra * m, n)
+            self.losses = torch.empty(n_steps, self.Ra, dtype=self.G.dtype, device=self.G.device)
+        W, live, applied, thr_eps, thr_div = T["W"], T["live"], T["applied"], T["thr_eps"], T["thr_div"]
+        Aa = T["Aa0"] if self.frozen else self.Aa
+        XT, XVT, yh = self.XT, self.XVT, self.yh
+        G, res, u, half_sq, eta_live, losses = self.G, self.res, self.u, self.half_sq, self.eta_live, self.losses
+        # views made once: the pattern GEMM over all replicas' rows, the transposes the GEMMs read
+        W2, Z2, a3 = W.view(-1, W.shape[2]), Aa.view(-1, Aa.shape[2]), T["a"][..., None]
+        AaT, GT, resT, uR = Aa.transpose(1, 2), G.permute(1, 2, 0), res.transpose(1, 2), u.transpose(0, 1)
         for j in range(n_steps):
-            if not frozen:
+            if not self.frozen:
                 torch.mm(W2, XT, out=Z2)  # pre-activations, then the signed pattern in place
                 Aa.gt_(0).mul_(a3)
-            torch.bmm(Aa.transpose(1, 2), W, out=G)
-            e = (G * X).sum(-1) - y  # f - y
-            dF = torch.einsum("rnD,nDk->rnk", G, V) - h
-            loss = torch.add(e.square().sum(1), dF.square().sum((1, 2)), out=self.losses[j]).mul_(0.5)
+            torch.bmm(AaT, W, out=G)  # G_i = grad_x f(x_i)
+            torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
+            loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq), (0, 1), out=losses[j])
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > thr_eps, loss <= thr_div))
             applied.add_(live)
-            u = e[..., None] * X + torch.einsum("nDk,rnk->rnD", V, dF)
-            W.baddbmm_(Aa, u.mul_((eta * live)[:, None, None]), alpha=-1)
+            res.mul_(torch.mul(eta, live, out=eta_live))
+            torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
+            W.baddbmm_(Aa, uR, alpha=-1)
         return self.losses[:n_steps].T
 
-    def flips_and_jumps(self, T, V) -> tuple[np.ndarray, np.ndarray]:
+    def flips_and_jumps(self, T) -> tuple[np.ndarray, np.ndarray]:
         """Pattern bits flipped since the last check, and the norm of the jump they put
-        into the derivative residual, ``||V^T (A_now - A_then)^T W||`` (net over the interval)."""
-        dA = self.Aa - T["Aa_snap"]
-        flips = (dA != 0).sum((1, 2))
+        into the derivative residual, ``||V^T (A_now - A_then)^T W||`` (net over the interval).
+        Everything is formed in the snapshot's buffer, which then takes the new pattern."""
+        dA = torch.sub(self.Aa, T["Aa_snap"], out=T["Aa_snap"])
+        V = self.data[1]
         jump = torch.einsum("rnD,nDk->rnk", dA.transpose(1, 2) @ T["W"], V).double().pow(2).sum((1, 2)).sqrt()
-        T["Aa_snap"].copy_(self.Aa)
-        return flips.cpu().numpy().astype(float), jump.cpu().numpy()
+        flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1)  # counts <= m per point: exact
+        dA.copy_(self.Aa)
+        return flips.cpu().numpy(), jump.cpu().numpy()

@@ -36,3 +36,23 @@ def test_run_id_same_in_another_process():
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": ":".join(sys.path), "PYTHONHASHSEED": "123"}).stdout.strip()
     assert here == there
+
+
+def test_auto_replicas_follow_the_memory_model():
+    import torch
+
+    from sobolev.memory import task_bytes
+
+    cfg = tiny_config(resources=dict(replicas_per_task="auto", memory_budget_gb=0.001), seeds=dict(init=64),
+                      grid=dict(m=[64, 4096]))
+    tasks, total = plan(cfg)
+    assert sum(len(t.seeds) for t in tasks) == total
+    budget = 0.001 * 2**30
+    for t in tasks:
+        c = t.cell
+        R = len(t.seeds)
+        assert task_bytes(R, c.n, c.d, c.k, c.m, torch.float32, bias=c.bias) <= budget or R == 1
+    small = [t for t in tasks if t.cell.m == 64]
+    large = [t for t in tasks if t.cell.m == 4096]
+    # small cells take all their seeds in one task, large ones are split
+    assert all(len(t.seeds) == 64 for t in small) and max(len(t.seeds) for t in large) < 64
