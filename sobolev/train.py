@@ -175,6 +175,7 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
     batch = _Batch(
         state,
         dict(replica=np.arange(R), t=np.zeros(R), eta=eta0, r0_sq=r0_sq, applied=np.zeros(R),
+             last_row=np.full(R, -1, dtype=np.int64),
              min_rel=np.ones(R), fit=np.zeros((R, 5)), flips=np.zeros(R), jumps=np.zeros(R),
              flips_total=np.zeros(R), jumps_total=np.zeros(R)),
     )
@@ -191,6 +192,12 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
         runs on all active rows, in place (the pattern goes to the workspace, idle between
         intervals), so that no weights are copied; only the O(n^2 k^2) work is on ``sel``."""
         T, Hh = batch.t, batch.h
+        # a replica that stopped on the first step after a check has not moved since its last row
+        fresh = np.asarray(steps, dtype=np.int64) != Hh["last_row"][sel]
+        sel, steps = sel[fresh], np.asarray(steps, dtype=np.int64)[fresh]
+        if not len(sel):
+            return
+        Hh["last_row"][sel] = steps
         ix = torch.as_tensor(sel, dtype=torch.long, device=X.device)
         Aa = T["Aa0"] if frozen else _signed_pattern(T["W"], T["a"], ws.XT, ws.Aa)
         e, S = residual(T["W"], Aa)

@@ -89,6 +89,9 @@ def test_divergence_is_a_status_not_an_exception():
     res = train(init_params(2, 64, 5, seeds=[0, 1]), p, TrainConfig(step_factor=50.0, t_max=100.0))
     assert list(res.summary["status"]) == ["diverged", "diverged"]
     assert np.all(res.summary["steps"] < 1000)
+    for j in range(2):  # one row per checkpoint, the last at the stop
+        steps = res.curves["step"][res.curves["replica"] == j]
+        assert len(set(steps)) == len(steps) and steps[-1] == res.summary["steps"][j]
 
 
 def test_step_budget_status_and_diagnostics_shapes():
