@@ -1,6 +1,7 @@
 """End to end on real components: a local Ray, MLflow (SQLite file and a real server),
 Parquet files, and `ray job submit` to a cluster started with `ray start --head`."""
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -105,13 +106,16 @@ def test_sweep_against_mlflow_server(local_ray, tmp_path):
 
 def test_ray_job_submit_to_a_started_cluster(tmp_path):
     ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    gcs, dash = free_port(), free_port()
+    gcs, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                RAY_AUTH_MODE="disabled")
     env.pop("RAY_ADDRESS", None)
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
     subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
                     f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+                    # not the default agent ports: another Ray on this machine (the local_ray fixture) holds them
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True, text=True, timeout=180)
     try:
         address = f"http://127.0.0.1:{dash}"
@@ -132,5 +136,18 @@ def test_ray_job_submit_to_a_started_cluster(tmp_path):
         runs = read_table(out, "runs")
         assert runs.num_rows == plan(tiny_config(name="job", grid=dict(n=[4], m=[16])))[1]
     finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_cluster(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def stop_cluster(temp: str) -> None:
+    """Stop the cluster whose files are under ``temp`` and no other (`ray stop` would also stop
+    the session's local_ray): its daemons name that directory on their command lines, and its
+    workers exit with their raylet."""
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp in part for part in p.info["cmdline"] or ())]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)
