@@ -19,7 +19,7 @@ SHAPES = [(32, 16, 4, 8192, 8, "float32", False), (48, 16, 4, 256, 8, "float32",
 # loads the code paths and the libraries' own buffers.
 CHILD = r"""
 import json, sys, torch
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # memory does not depend on it; time under load does
 from sobolev import TrainConfig, init_params, make_problem, train
 
 def rss():
