@@ -72,32 +72,29 @@ def write_task(out: Path, task_id: str, runs: list[dict], curves: dict[str, list
     _atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
 
 
+def check_manifest(out: Path, fingerprint: str) -> bool:
+    """Refuse a directory of another sweep configuration, without writing; True if ``out``
+    already holds this sweep's manifest."""
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        return False
+    old = json.loads(manifest.read_text())
+    if old.get("fingerprint") != fingerprint:
+        raise ResultsError(
+            f"output: {out} holds results of another sweep configuration (sweep {old.get('sweep')!r}, "
+            f"fingerprint {old.get('fingerprint')}, this one {fingerprint}); choose another --out")
+    return True
+
+
 def prepare(out: Path, fingerprint: str, sweep: str) -> None:
     """Create the layout and the manifest; refuse a directory of another sweep configuration."""
-    manifest = out / MANIFEST
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise ResultsError(
-                f"output: {out} holds results of another sweep configuration (sweep {old.get('sweep')!r}, "
-                f"fingerprint {old.get('fingerprint')}, this one {fingerprint}); choose another --out")
+    if check_manifest(out, fingerprint):
         return
     for t in TABLES:
         (out / t).mkdir(parents=True, exist_ok=True)
     tmp = out / f".{MANIFEST}.tmp"
     tmp.write_text(json.dumps(dict(sweep=sweep, fingerprint=fingerprint, created=time.strftime("%FT%T%z"))))
-    os.replace(tmp, manifest)
-
-
-def check_manifest(out: Path, fingerprint: str) -> None:
-    """Validate without writing (for --dry-run and start-up checks)."""
-    manifest = out / MANIFEST
-    if manifest.exists():
-        old = json.loads(manifest.read_text())
-        if old.get("fingerprint") != fingerprint:
-            raise ResultsError(
-                f"output: {out} holds results of another sweep configuration (sweep {old.get('sweep')!r}); "
-                f"choose another --out")
+    os.replace(tmp, (out / MANIFEST))
 
 
 def quarantine_corrupt(out: Path, on_move: Callable[[Path, Path, str], None] | None = None) -> list[Path]:
