@@ -8,16 +8,18 @@ No replica stops early (eps and the time budget out of reach), so ``train`` runs
 ``max_steps`` steps of all R replicas. With ``T(L, c)`` the time of ``train`` for ``L`` steps
 at ``c`` checkpoints per decade:
 
-- loop cost per step: ``(T(2L, 1) - T(L, 1)) / L`` for ``L = 1024``, where both runs have
-  the same checkpoints (0, 1, 10, 100, 1000 and the stop), so setup and checkpoints cancel;
-  against the bare step (``_Workspace.run`` in chunks of ``check_every``, nothing else),
-  timed the same way: the loop's per-step overhead;
+- loop cost per step: ``(T(2L, 1) - T(L, 1)) / L``, with ``L`` 1024 or 4096 (about 2 s of
+  steps), where both runs have the same checkpoints (0, 1, 10, 100, 1000 and the stop), so
+  setup and checkpoints cancel; against the bare step (``_Workspace.run`` in chunks of
+  ``check_every``, nothing else), timed the same way: the loop's per-step overhead. Part of
+  it, the flip and jump accounting of each check, is also timed on its own;
 - cost of one checkpoint: ``(T(L, 8) - T(L, 1))`` over the difference in checkpoint count;
   with it, the checkpoint diagnostics' share at the default schedule for runs of 10^3 to
   10^6 steps.
 
-Runs are interleaved over rounds; each figure is the median of its per-round values. On CUDA it also checks that the
-hot loop never synchronises with the host (``torch.cuda.set_sync_debug_mode("error")``).
+Runs are interleaved over rounds; each figure is the median of its per-round values. On
+CUDA it also checks that the hot loop never synchronises with the host
+(``torch.cuda.set_sync_debug_mode("error")``).
 """
 
 from __future__ import annotations
@@ -37,12 +39,19 @@ from sobolev.train import checkpoint_steps
 
 CPU_SHAPES = [(32, 16, 4, m, 16) for m in (1024, 8192)]  # (n, d, k, m, R)
 CUDA_SHAPES = CPU_SHAPES + [(64, 32, 4, 8192, 256)]
-L = 1024
 
 
 def n_checkpoints(steps: int, per_decade: int) -> int:
     grid = checkpoint_steps(steps, per_decade)
     return len(grid) + int(steps not in grid)  # and the stop
+
+
+def timed(device, job) -> float:
+    sync(device)
+    t = time.perf_counter()
+    job()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -65,49 +74,47 @@ def main() -> None:
             res = train(s.params, s.problem, c, lambda_star=lam)
             assert np.all(res.summary["steps"] == steps), "a replica stopped early"
 
-        def run_bare(steps):
-            Project(s).run(steps)
-
+        bare = Project(s)
+        bare.run(2 * cfg.check_every)
         if device.type == "cuda":
-            bare = Project(s)
-            bare.run(2)
             torch.cuda.set_sync_debug_mode("error")  # raises on any synchronising call
             bare.run(3 * cfg.check_every)
             torch.cuda.set_sync_debug_mode("default")
             print("hot loop: no host-device synchronisation in 48 steps")
+        step_s = timed(device, lambda: bare.run(4 * cfg.check_every)) / (4 * cfg.check_every)
+        L = 4096 if step_s < 5e-4 else 1024
+        assert n_checkpoints(2 * L, 1) == n_checkpoints(L, 1)
 
-        jobs = {"bare L": lambda: run_bare(L), "bare 2L": lambda: run_bare(2 * L),
+        # the flip and jump accounting of one check, on its own, from the bare loop's state
+        T = bare.T
+        T["Aa_snap"] = bare.ws.Aa.clone()
+        bare.run(cfg.check_every)
+        fj = statistics.median(timed(device, lambda: bare.ws.flips_and_jumps(T)) for _ in range(20))
+
+        jobs = {"bare L": lambda: Project(s).run(L), "bare 2L": lambda: Project(s).run(2 * L),
                 "train L, 1/decade": lambda: run_train(L, 1), "train 2L, 1/decade": lambda: run_train(2 * L, 1),
                 "train L, 8/decade": lambda: run_train(L, 8)}
         run_train(16, 8)  # warm-up
-        times = {name: [] for name in jobs}
-        for _ in range(args.rounds):
-            for name, job in jobs.items():
-                sync(device)
-                t = time.perf_counter()
-                job()
-                sync(device)
-                times[name].append(time.perf_counter() - t)
+        rounds = [{name: timed(device, job) for name, job in jobs.items()} for _ in range(args.rounds)]
         # per round, then the median: load from other processes that comes and goes hits
         # the runs of one round alike
-        rounds = [dict(zip(times, r)) for r in zip(*times.values())]
-        bare = statistics.median((r["bare 2L"] - r["bare L"]) / L for r in rounds)
-        loop = statistics.median((r["train 2L, 1/decade"] - r["train L, 1/decade"]) / L for r in rounds)
-        overhead = statistics.median((r["train 2L, 1/decade"] - r["train L, 1/decade"]) / (r["bare 2L"] - r["bare L"])
-                                     for r in rounds) - 1
-        assert n_checkpoints(2 * L, 1) == n_checkpoints(L, 1)
+        med = lambda f: statistics.median(f(r) for r in rounds)  # noqa: E731
+        bare_s = med(lambda r: (r["bare 2L"] - r["bare L"]) / L)
+        loop_s = med(lambda r: (r["train 2L, 1/decade"] - r["train L, 1/decade"]) / L)
+        overhead = med(lambda r: (r["train 2L, 1/decade"] - r["train L, 1/decade"]) / (r["bare 2L"] - r["bare L"])) - 1
         extra = n_checkpoints(L, 8) - n_checkpoints(L, 1)
-        ckpt = statistics.median((r["train L, 8/decade"] - r["train L, 1/decade"]) / extra for r in rounds)
-        t = {name: statistics.median(v) for name, v in times.items()}
-        print(f"\nn={n} d={d} k={k} m={m} R={R}")
-        print(f"  bare step                 {bare * 1e3:8.3f} ms/step  ({1 / bare:7.0f} steps/s)")
-        print(f"  train loop                {loop * 1e3:8.3f} ms/step  ({1 / loop:7.0f} steps/s): "
+        ckpt = med(lambda r: (r["train L, 8/decade"] - r["train L, 1/decade"]) / extra)
+        all_in = med(lambda r: r["train L, 8/decade"] / L)
+        print(f"\nn={n} d={d} k={k} m={m} R={R}  (L = {L})")
+        print(f"  bare step                 {bare_s * 1e3:8.3f} ms/step  ({1 / bare_s:7.0f} steps/s)")
+        print(f"  train loop                {loop_s * 1e3:8.3f} ms/step  ({1 / loop_s:7.0f} steps/s): "
               f"overhead {overhead:+.1%}")
-        print(f"  one checkpoint            {ckpt * 1e3:8.3f} ms  (= {ckpt / bare:.1f} bare steps)")
+        print(f"    of which flip/jump accounting  {fj * 1e3:.3f} ms per check of {cfg.check_every} steps "
+              f"= {fj / cfg.check_every / bare_s:+.1%}")
+        print(f"  one checkpoint            {ckpt * 1e3:8.3f} ms  (= {ckpt / bare_s:.1f} bare steps)")
         print(f"  train, {L} steps, default schedule ({n_checkpoints(L, 8)} checkpoints): "
-              f"{t['train L, 8/decade'] / L * 1e3:.3f} ms/step, {t['train L, 8/decade'] / (L * bare) - 1:+.1%} "
-              f"over bare (setup included)")
-        shares = ", ".join(f"10^{e}: {n_checkpoints(10**e, 8) * ckpt / (10**e * bare):.1%}" for e in range(3, 7))
+              f"{all_in * 1e3:.3f} ms/step, {all_in / bare_s - 1:+.1%} over bare (setup included)")
+        shares = ", ".join(f"10^{e}: {n_checkpoints(10**e, 8) * ckpt / (10**e * bare_s):.1%}" for e in range(3, 7))
         print(f"  checkpoints at the default schedule, share of a run of that many steps: {shares}")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f}")
 

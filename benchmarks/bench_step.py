@@ -41,10 +41,11 @@ class Setup:
         self.params = init_params(R, m, d, seeds=0, device=device)
         self.X, self.V, self.y, self.h, _ = effective_data(self.problem)
         self.eta = 1.0 / torch.linalg.eigvalsh(gram(self.params, self.problem).double())[:, -1].to(self.X.dtype)
-        self.shape = (n, d, k, m, R)
 
 
 class Impl:
+    """One implementation of the step, on its own copy of the weights (``W()``)."""
+
     name = ""
 
     def step(self):

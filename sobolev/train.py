@@ -430,10 +430,11 @@ class _Workspace:
     def flips_and_jumps(self, T) -> tuple[np.ndarray, np.ndarray]:
         """Pattern bits flipped since the last check, and the norm of the jump they put
         into the derivative residual, ``||V^T (A_now - A_then)^T W||`` (net over the interval).
-        Everything is formed in the snapshot's buffer, which then takes the new pattern."""
+        The difference overwrites the snapshot, then the buffers trade places: the current
+        pattern becomes the snapshot and the old one the buffer the next step writes into."""
         dA = torch.sub(self.Aa, T["Aa_snap"], out=T["Aa_snap"])
-        V = self.data[1]
-        jump = torch.einsum("rnD,nDk->rnk", dA.transpose(1, 2) @ T["W"], V).double().pow(2).sum((1, 2)).sqrt()
+        dG = dA.transpose(1, 2) @ T["W"]  # (R, n, D)
+        jump = torch.bmm(self.XVT[:, 1:], dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
         flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1)  # counts <= m per point: exact
-        dA.copy_(self.Aa)
+        T["Aa_snap"], self.Aa = self.Aa, dA
         return flips.cpu().numpy(), jump.cpu().numpy()
