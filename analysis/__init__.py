@@ -13,20 +13,21 @@ Typical use::
     flow = rate_vs_theory(runs)
 """
 
-from .defaults import (CELL_KEYS, CONFIDENCE, CRITERIA, EPS_GRID, INTERPOLATION, N_BOOT, REGIME,
-                       THEORY_EXPONENTS, THRESHOLD_KEYS)
+from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, N_BOOT, THEORY_EXPONENTS, THRESHOLD_KEYS
 from .fits import fit_exponents
 from .load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, Results, load_curves, load_results,
                    load_runs, require_columns)
 from .scaling import loglog_slopes, loss_floor, rate_vs_theory, width_medians
 from .stats import firth_logistic, logistic_crossing, loglog_slope, ols, wilson_interval
-from .success import (UnjudgeableToleranceError, check_judgeable, interpolation_success, regime_success,
-                      run_success, success_rates)
+from .success import (Criterion, UnjudgeableToleranceError, check_judgeable, criteria, criterion,
+                      interpolation_success, regime_success, register, run_success, settled_both_success,
+                      settled_success, success_rates)
 from .thresholds import (ABOVE, BELOW, NOT_CENSORED, UNDEFINED, bootstrap_threshold, grid_threshold,
                          logistic_threshold, theory_gap, thresholds)
 
 __all__ = [
-    "CELL_KEYS", "CONFIDENCE", "CRITERIA", "EPS_GRID", "INTERPOLATION", "N_BOOT", "REGIME", "THEORY_EXPONENTS",
+    "CELL_KEYS", "CONFIDENCE", "EPS_GRID", "N_BOOT", "THEORY_EXPONENTS", "Criterion", "criteria", "criterion",
+    "register", "settled_success", "settled_both_success",
     "THRESHOLD_KEYS", "fit_exponents", "CURVE_COLUMNS", "RUN_COLUMNS", "MissingColumnError", "Results",
     "load_curves", "load_results", "load_runs", "require_columns", "loglog_slopes", "loss_floor",
     "rate_vs_theory", "width_medians", "firth_logistic", "logistic_crossing", "loglog_slope", "ols",

@@ -14,15 +14,10 @@ THRESHOLD_KEYS = ("n", "k", "delta", "bias")
 CELL_KEYS = (*THRESHOLD_KEYS, "m")
 
 # A diverged or failed run never counts as a success, whatever its losses say.
-FAILED_STATUSES = ("diverged", "failed")
+FAILED_STATUSES = ("diverged",)
 # Runs with this status stopped when the relative loss reached their training ``eps``, so
 # nothing is known about the lower tolerances they might have reached.
 STOPPED_AT_EPS = "converged"
-
-# The two success criteria of MATH.md, "What an empirical study of this measures".
-INTERPOLATION = "interpolation"
-REGIME = "regime"
-CRITERIA = (INTERPOLATION, REGIME)
 
 # Tolerances eps' at which thresholds are recomputed after the fact.
 EPS_GRID = (1e-2, 1e-3, 1e-4, 1e-6)
@@ -31,6 +26,12 @@ EPS_GRID = (1e-2, 1e-3, 1e-4, 1e-6)
 # control with ReLU runs (or two targets, dimensions, dtypes) would silently mix
 # different experiments.
 HOMOGENEOUS_COLUMNS = ("mode", "target", "d", "dtype", "t_max", "t_unit")
+
+# Censoring of a threshold (analysis.thresholds, and the width search's answer).
+NOT_CENSORED = "none"
+ABOVE = "above"
+BELOW = "below"
+UNDEFINED = "undefined"
 
 CONFIDENCE = 0.95
 N_BOOT = 2000

@@ -1,31 +1,78 @@
-"""Success of each run under the two criteria of MATH.md, at tolerances ``eps'`` chosen after
-the fact, and success rates per cell ``(n, k, delta, bias, m)`` with Wilson intervals.
+"""Success of each run under the registered criteria, at tolerances ``eps'`` chosen after the
+fact, and success rates per cell ``(n, k, delta, bias, m)`` with Wilson intervals.
 
-(a) ``interpolation``: the relative loss ``L(t)/L(0)`` reached ``eps'`` within the time budget,
-    read from ``min_rel_loss`` (the minimum over every step, so exact).
-(b) ``regime``: at every checkpoint up to and including the first one with ``rel_loss <= eps'``
-    (all checkpoints if none), the theorem's bound held (``bound_held``) and
-    ``lambda_min >= lambda_star / 2``.  Whether ``eps'`` is reached does not matter here: a run
-    that stays in the regime for its whole budget satisfies the theorem's conclusion there.
+A criterion is a function ``(runs, curves, eps') -> bool Series`` (indexed like ``runs``),
+registered once with :func:`register`; the analysis, the width search and the configuration's
+validation all look criteria up here (:func:`criterion`). The registered ones:
 
-Under both, diverged and failed runs are failures.
+- ``interpolation`` (the optimistic reading): the relative loss ``L(t)/L(0)`` reached ``eps'``
+  at some step within the budget (``min_rel_loss``, exact), even if it rose again after.
+- ``settled``: the relative loss stays at or below ``eps'`` from some time on to the end of the
+  budget: over the last checkpoint interval every step was at or below ``eps'``
+  (``rel_loss_interval_max``; the last interval is the last ~1/8 decade of steps), or the run
+  stopped on reaching its training ``eps`` (<= ``eps'``).
+- ``settled_both``: ``settled``, and the value and derivative residuals each also settle below
+  ``eps'`` relative to their own start (``value_rel_interval_max``, ``deriv_rel_interval_max`` on
+  the last interval; for ``k = 0`` there is no derivative residual). With bias the derivative
+  residual dominates the loss, so a run can settle in total while its values have not.
+- ``regime``: the theorem's conclusion held until the run first reached ``eps'`` (all its budget
+  if never): the bound ``||r(t)||^2 <= exp(-lambda_* t) ||r(0)||^2`` at every step
+  (``bound_violation_t`` later than the first checkpoint at ``eps'``) and ``lambda_min(H(t)) >=
+  lambda_*/2`` at every checkpoint up to it. Results written before ``bound_violation_t``
+  existed use the checkpoint check of the bound (``bound_held``) instead.
+
+Under all of them diverged runs are failures.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
-from .defaults import (CELL_KEYS, CONFIDENCE, CRITERIA, EPS_GRID, FAILED_STATUSES, HOMOGENEOUS_COLUMNS,
-                       INTERPOLATION, REGIME, STOPPED_AT_EPS)
+from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, FAILED_STATUSES, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
 from .load import require_columns
 from .stats import wilson_interval
 
 # Per-run columns of the success table; every other column identifies the cell.
 RUN_LEVEL = ("run_id", "seed", "success")
 RATE_STATS = ("trials", "successes", "rate", "rate_lo", "rate_hi")
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """A success criterion: ``judge(runs, curves, eps')`` -> bool Series indexed like ``runs``."""
+
+    name: str
+    judge: Callable[[pd.DataFrame, pd.DataFrame | None, float], pd.Series]
+    needs_curves: bool
+    doc: str
+
+
+_REGISTRY: dict[str, Criterion] = {}
+
+
+def register(name: str, *, needs_curves: bool):
+    """Register a criterion function under ``name`` (a decorator)."""
+    def add(fn):
+        _REGISTRY[name] = Criterion(name, fn, needs_curves, (fn.__doc__ or "").strip().splitlines()[0])
+        return fn
+    return add
+
+
+def criterion(name: str) -> Criterion:
+    """The registered criterion ``name``; an unknown name is a one-line error listing the known ones."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"criterion {name!r} is unknown; use one of {', '.join(_REGISTRY)}") from None
+
+
+def criteria() -> tuple[str, ...]:
+    """The names of the registered criteria."""
+    return tuple(_REGISTRY)
 
 
 class UnjudgeableToleranceError(ValueError):
@@ -53,38 +100,87 @@ def _not_failed(runs: pd.DataFrame) -> pd.Series:
     return ~runs["status"].isin(FAILED_STATUSES)
 
 
-def interpolation_success(runs: pd.DataFrame, eps: float) -> pd.Series:
-    """Criterion (a) per run (indexed like ``runs``): ``min_rel_loss <= eps'`` and not diverged/failed.
+@register("interpolation", needs_curves=False)
+def interpolation_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float) -> pd.Series:
+    """The relative loss reached eps' at some step (min_rel_loss), the optimistic reading.
     Columns: ``status, eps, min_rel_loss``."""
     check_judgeable(runs, eps)
     return _not_failed(runs) & (runs["min_rel_loss"] <= eps)
 
 
-def regime_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
-    """Criterion (b) per run (indexed like ``runs``).
-
-    runs: ``run_id, status, eps, min_rel_loss, lambda_star``; curves: ``run_id, step, rel_loss,
-    bound_held, lambda_min``.  A NaN ``lambda_min`` at a checkpoint is taken as not measured there
-    (the spectrum may be computed on a sparser schedule than the loss), not as a violation.
-    A run that is not diverged/failed but has no checkpoints cannot be judged: raises.
-    """
-    check_judgeable(runs, eps)
-    require_columns(runs, ["run_id", "lambda_star"], "runs")
-    require_columns(curves, ["run_id", "step", "rel_loss", "bound_held", "lambda_min"], "curves")
-    c = curves[["run_id", "step", "rel_loss", "bound_held", "lambda_min"]].merge(
-        runs[["run_id", "lambda_star"]], on="run_id", how="inner").sort_values(["run_id", "step"])
-    reached = (c["rel_loss"] <= eps).astype(int)
-    # checkpoints before the first one at eps', plus that one
-    considered = (reached.groupby(c["run_id"]).cumsum() - reached) == 0
-    held = c["bound_held"].fillna(False).astype(bool) & ~(c["lambda_min"] < c["lambda_star"] / 2)
-    violated = (considered & ~held).groupby(c["run_id"]).any()
-
-    not_failed = _not_failed(runs)
-    unseen = not_failed & ~runs["run_id"].isin(violated.index)
+def _checkpoints(runs: pd.DataFrame, curves: pd.DataFrame, columns: Sequence[str], run_columns=()) -> pd.DataFrame:
+    """The curves of ``runs`` (``columns``), sorted, with ``run_columns`` of the runs joined in;
+    a run that is not diverged but has no checkpoints cannot be judged: raises."""
+    require_columns(curves, ["run_id", "step", *columns], "curves")
+    c = curves[["run_id", "step", *columns]].merge(runs[["run_id", *run_columns]], on="run_id", how="inner")
+    unseen = _not_failed(runs) & ~runs["run_id"].isin(c["run_id"])
     if unseen.any():
         raise ValueError(f"{int(unseen.sum())} run(s) have no checkpoints in curves, "
                          f"e.g. {runs.loc[unseen, 'run_id'].iloc[0]!r}")
-    return not_failed & ~runs["run_id"].map(violated).fillna(True).astype(bool)
+    return c.sort_values(["run_id", "step"])
+
+
+def _by_run(runs: pd.DataFrame, per_run: pd.Series, missing: bool) -> pd.Series:
+    """``per_run`` (indexed by run_id) aligned with ``runs``."""
+    return runs["run_id"].map(per_run).fillna(missing).astype(bool)
+
+
+def _settles(runs: pd.DataFrame, curves: pd.DataFrame, eps: float, quantities: Sequence[str]) -> pd.Series:
+    """Each of ``quantities`` (curve columns, with their ``<q>_interval_max``) stays <= eps' over
+    the last checkpoint interval; for a run stopped at its training eps, at its stop. A quantity
+    that is NaN (the derivative residual at k = 0) is not judged."""
+    check_judgeable(runs, eps)
+    maxima = [f"{q}_interval_max" for q in quantities]
+    last = _checkpoints(runs, curves, [*quantities, *maxima]).groupby("run_id").last()
+    stopped = last.index.isin(runs.loc[(runs["status"] == STOPPED_AT_EPS) & (runs["eps"] <= eps), "run_id"])
+    ok = pd.Series(True, index=last.index)
+    for q, qmax in zip(quantities, maxima):
+        ok &= last[q].isna() | np.where(stopped, last[q] <= eps, last[qmax] <= eps)
+    return _not_failed(runs) & _by_run(runs, ok, False)
+
+
+@register("settled", needs_curves=True)
+def settled_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
+    """The relative loss stays <= eps' from some time on to the end of the budget.
+    runs: ``run_id, status, eps, min_rel_loss``; curves: ``run_id, step, rel_loss, rel_loss_interval_max``."""
+    return _settles(runs, curves, eps, ["rel_loss"])
+
+
+@register("settled_both", needs_curves=True)
+def settled_both_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
+    """The loss, the value residual and the derivative residual each settle <= eps' (relative to their start).
+    curves: ``run_id, step`` and ``rel_loss, value_rel, deriv_rel`` with their ``_interval_max``."""
+    return _settles(runs, curves, eps, ["rel_loss", "value_rel", "deriv_rel"])
+
+
+@register("regime", needs_curves=True)
+def regime_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
+    """The theorem's bound (every step) and lambda_min(H) >= lambda_*/2 (every checkpoint) held
+    until eps' was first reached.
+
+    runs: ``run_id, status, eps, min_rel_loss, lambda_star`` (+ ``bound_violation_t``); curves:
+    ``run_id, step, t, rel_loss, bound_held, lambda_min``.  A NaN ``lambda_min`` at a checkpoint is
+    taken as not measured there, not as a violation.
+    """
+    check_judgeable(runs, eps)
+    require_columns(runs, ["run_id", "lambda_star"], "runs")
+    per_step = "bound_violation_t" in runs.columns
+    extra = ["lambda_star", "bound_violation_t"] if per_step else ["lambda_star"]
+    c = _checkpoints(runs, curves, ["t"] * per_step + ["rel_loss", "bound_held", "lambda_min"], extra)
+    reached = (c["rel_loss"] <= eps).astype(int)
+    # checkpoints before the first one at eps', plus that one
+    considered = (reached.groupby(c["run_id"]).cumsum() - reached) == 0
+    held = ~(c["lambda_min"] < c["lambda_star"] / 2)
+    checkpoint_bound = c["bound_held"].fillna(False).astype(bool)
+    if per_step:
+        # the bound checked at every step; rows without it (older results) use the checkpoint check
+        measured = c["bound_violation_t"].notna()
+        step_bound = ~(c["bound_violation_t"] <= c["t"])
+        held &= np.where(measured, step_bound, checkpoint_bound)
+    else:
+        held &= checkpoint_bound
+    violated = (considered & ~held).groupby(c["run_id"]).any()
+    return _not_failed(runs) & ~_by_run(runs, violated, True)
 
 
 def _check_homogeneous(runs: pd.DataFrame, keys: list[str]) -> None:
@@ -98,7 +194,7 @@ def _check_homogeneous(runs: pd.DataFrame, keys: list[str]) -> None:
 
 
 def run_success(runs: pd.DataFrame, curves: pd.DataFrame | None = None, eps_grid: Sequence[float] = EPS_GRID,
-                criteria: Sequence[str] = CRITERIA, strata: Sequence[str] = ()) -> pd.DataFrame:
+                criteria: Sequence[str] = ("interpolation", "regime"), strata: Sequence[str] = ()) -> pd.DataFrame:
     """Long table of run successes, one row per (run, criterion, eps').
 
     runs: ``run_id, n, k, delta, bias, m, seed, status, eps, min_rel_loss`` (+ ``lambda_star`` and
@@ -113,20 +209,19 @@ def run_success(runs: pd.DataFrame, curves: pd.DataFrame | None = None, eps_grid
     if reserved:
         raise ValueError(f"strata {sorted(reserved)} would clash with the success table's own columns")
     require_columns(runs, [*keys, "run_id", "seed", "status", "eps", "min_rel_loss"], "runs")
-    unknown = set(criteria) - set(CRITERIA)
-    if unknown:
-        raise ValueError(f"unknown criteria {sorted(unknown)}; known: {CRITERIA}")
-    if REGIME in criteria and curves is None:
-        raise ValueError("the 'regime' criterion needs the curves table")
+    judges = [criterion(name) for name in criteria]
+    needing = [c.name for c in judges if c.needs_curves]
+    if needing and curves is None:
+        raise ValueError(f"the criteria {needing} need the curves table")
     _check_homogeneous(runs, keys)
 
     base = runs[[*keys, "run_id", "seed"]].reset_index(drop=True)
     runs = runs.reset_index(drop=True)
     parts = []
-    for criterion in criteria:
+    for judge in judges:
         for eps in eps_grid:
-            ok = interpolation_success(runs, eps) if criterion == INTERPOLATION else regime_success(runs, curves, eps)
-            parts.append(base.assign(criterion=criterion, eps=float(eps), success=ok.to_numpy(dtype=bool)))
+            ok = judge.judge(runs, curves, eps)
+            parts.append(base.assign(criterion=judge.name, eps=float(eps), success=ok.to_numpy(dtype=bool)))
     order = [*CELL_KEYS[:-1], *strata, "criterion", "eps", "m", "run_id", "seed", "success"]
     return pd.concat(parts, ignore_index=True)[order]
 

@@ -17,15 +17,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .defaults import CONFIDENCE, N_BOOT, THRESHOLD_KEYS
+from .defaults import ABOVE, BELOW, CONFIDENCE, N_BOOT, NOT_CENSORED, THRESHOLD_KEYS, UNDEFINED
 from .load import require_columns
 from .stats import logistic_crossing
 from .success import RATE_STATS
-
-NOT_CENSORED = "none"
-ABOVE = "above"
-BELOW = "below"
-UNDEFINED = "undefined"
 
 # Rates are ratios of small integers; without slack 19/20 could miss a target of 0.95 by
 # one rounding error.

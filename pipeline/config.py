@@ -7,20 +7,24 @@ the CLI turns it into exit code 2 before anything is written or Ray is started.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
+import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 import torch
 
 from sobolev.problem import make_problem, max_separation
+from sobolev.train import TrainConfig
 
 
 class ConfigError(ValueError):
@@ -43,14 +47,96 @@ def _nonempty_unique(values: list, field: str) -> list:
     return values
 
 
-class Grid(_Frozen):
-    """The grid axes: every combination is one cell, trained over every seed."""
+class Seeds(_Frozen):
+    """``init``: initialisation seeds of every cell (a list, or a count meaning 0..count-1);
+    ``data``: seeds of the problem instances (each gives its own instance per cell)."""
+
+    init: Union[int, list[int]] = 8
+    data: list[int] = [0]
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, v):
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("a count of seeds must be >= 1; give a count or a list of seeds")
+            return list(range(v))
+        return cls._data(v, "init")
+
+    @field_validator("data")
+    @classmethod
+    def _data(cls, v, field="data"):
+        if any(s < 0 for s in v):
+            raise ValueError("seeds must be >= 0; use non-negative integers")
+        return _nonempty_unique(v, field if isinstance(field, str) else "data")
+
+
+def _number(v):
+    """Wherever a float is expected, an integer or a numeric string is taken as that number:
+    YAML reads ``1e-6`` (no dot) as a string, and ``1`` as an integer."""
+    if isinstance(v, bool):
+        return v
+    if isinstance(v, int):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not a number; write it like 1.0e-6 or 0.001") from None
+    return v
+
+
+def _float_fields(model_fields: dict) -> tuple[str, ...]:
+    return tuple(name for name, (ann, _) in model_fields.items() if ann is float)
+
+
+_TRAINING_HINTS = typing.get_type_hints(TrainConfig)
+# The training settings: the fields of sobolev.TrainConfig, with its types and defaults; the
+# checks of TrainConfig.__post_init__ run on every value (see _train_config).
+_TRAINING_FIELDS = {f.name: (_TRAINING_HINTS[f.name], f.default) for f in dataclasses.fields(TrainConfig)}
+TRAINING_FIELDS = tuple(_TRAINING_FIELDS)
+
+
+def _train_config(values: dict, where: str) -> TrainConfig:
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:
+        msg = str(exc)
+        field = next((f for f in TRAINING_FIELDS if msg.startswith(f"TrainConfig.{f}=")), None)
+        raise ValueError(f"{where}.{field}: {msg.split(': ', 1)[-1]} (got {values.get(field)!r})" if field
+                         else f"{where}: {msg}") from None
+
+
+def _training_model():
+    def check(self):
+        _train_config(self.model_dump(), "training")
+        return self
+
+    return create_model(
+        "Training", __base__=_Frozen, __doc__="The training settings of every run (sobolev.TrainConfig's fields).",
+        __validators__=dict(
+            _numbers=field_validator(*_float_fields(_TRAINING_FIELDS), mode="before")(lambda cls, v: _number(v)),
+            _check=model_validator(mode="after")(check)),
+        **_TRAINING_FIELDS)
+
+
+Training = _training_model()
+
+
+class _ProblemGrid(_Frozen):
+    """The grid axes: every combination is one cell, trained over every seed. ``k = 0`` is plain
+    L2 training of the values (the control of what the derivatives add)."""
 
     n: list[PosInt]
-    k: list[PosInt]
+    k: list[NonNegInt]
     m: list[PosInt]
     delta: list[float]
     bias: list[bool] = [False, True]
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _numbers(cls, v):
+        return [_number(x) for x in v] if isinstance(v, list) else v
 
     @field_validator("n", "k", "m", "delta", "bias")
     @classmethod
@@ -72,51 +158,30 @@ class Grid(_Frozen):
             raise ValueError("n must be >= 2 (separation needs a pair of points)")
         return v
 
-
-class Seeds(_Frozen):
-    """``init``: initialisation seeds of every cell (a list, or a count meaning 0..count-1);
-    ``data``: seeds of the problem instances (each gives its own instance per cell)."""
-
-    init: Union[int, list[int]] = 8
-    data: list[int] = [0]
-
-    @field_validator("init")
-    @classmethod
-    def _init(cls, v):
-        if isinstance(v, int):
-            if v < 1:
-                raise ValueError(f"a count of seeds must be >= 1 (got {v})")
-            return list(range(v))
-        return cls._data(v, "init")
-
-    @field_validator("data")
-    @classmethod
-    def _data(cls, v, field="data"):
-        if any(s < 0 for s in v):
-            raise ValueError(f"seeds must be >= 0 (got {min(v)}); use non-negative integers")
-        return _nonempty_unique(v, field if isinstance(field, str) else "data")
+    def training_axes(self) -> dict[str, list]:
+        """The training settings listed as grid axes (e.g. ``mode: [relu, frozen]``)."""
+        return {f: getattr(self, f) for f in TRAINING_FIELDS if getattr(self, f) is not None}
 
 
-class Training(_Frozen):
-    """Passed to :class:`sobolev.TrainConfig`; ``t_max`` in units of ``1/lambda_*`` by default."""
+def _grid_model():
+    """The problem axes, plus any training setting as an axis: a list under ``grid:`` for a
+    field of ``training`` trains every cell under each value (paired controls on the same
+    instances and seeds)."""
+    axes = {f: (Optional[list[ann]], None) for f, (ann, _) in _TRAINING_FIELDS.items()}
 
-    mode: Literal["relu", "frozen"] = "relu"
-    eps: Annotated[float, Field(gt=0, lt=1)] = 1e-6
-    t_max: Annotated[float, Field(gt=0)] = 12.0
-    t_unit: Literal["lambda_star", "absolute"] = "lambda_star"
-    max_steps: PosInt = 100_000
-    step_factor: Annotated[float, Field(gt=0)] = 1.0
-    dtype: Literal["float32", "float64"] = "float32"
-    check_every: PosInt = 16
-    checkpoints_per_decade: PosInt = 8
-    divergence_factor: Annotated[float, Field(gt=1)] = 1e6
+    def numbers(cls, v):
+        return [_number(x) for x in v] if isinstance(v, list) else v
 
-    @field_validator("eps", "t_max", "step_factor", "divergence_factor", mode="before")
-    @classmethod
-    def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+    def lists(cls, v, info):
+        return v if v is None else _nonempty_unique(v, info.field_name)
+
+    floats = tuple(f for f, (ann, _) in _TRAINING_FIELDS.items() if ann is float)
+    return create_model("Grid", __base__=_ProblemGrid, __doc__=_grid_model.__doc__, __validators__=dict(
+        _axis_numbers=field_validator(*floats, mode="before")(numbers),
+        _axis_lists=field_validator(*TRAINING_FIELDS)(lists)), **axes)
+
+
+Grid = _grid_model()
 
 
 class Resources(_Frozen):
@@ -132,9 +197,7 @@ class Resources(_Frozen):
     @field_validator("num_cpus", "num_gpus", "memory_budget_gb", mode="before")
     @classmethod
     def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+        return _number(v)
 
 
 class Tracking(_Frozen):
@@ -160,7 +223,7 @@ class Search(_Frozen):
     m_max: PosInt = 8192
     resolution: Literal[1, 2, 4] = 1
     gallop_octaves: PosInt = 2
-    criterion: Literal["interpolation", "regime"] = "interpolation"
+    criterion: str = "interpolation"
     eps: Annotated[float, Field(gt=0, lt=1)] = 1e-3
     extra_seeds: NonNegInt = 8
     chunk: PosInt | None = None
@@ -168,7 +231,15 @@ class Search(_Frozen):
     @field_validator("eps", mode="before")
     @classmethod
     def _float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return _number(v)
+
+    @field_validator("criterion")
+    @classmethod
+    def _criterion(cls, v):
+        from analysis.success import criterion
+
+        criterion(v)  # one line listing the known criteria if unknown
+        return v
 
     @model_validator(mode="after")
     def _range(self):
@@ -233,9 +304,7 @@ class SweepConfig(_Frozen):
     @field_validator("delta_2", "delta_fail", mode="before")
     @classmethod
     def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+        return _number(v)
 
     @field_validator("d")
     @classmethod
@@ -246,8 +315,13 @@ class SweepConfig(_Frozen):
 
     @model_validator(mode="after")
     def _cells(self):
-        if self.search and self.search.eps < self.training.eps:
-            raise ValueError(f"search.eps: {self.search.eps:g} is below training.eps={self.training.eps:g}, where runs "
+        both = sorted(set(self.grid.training_axes()) & self.training.model_fields_set)
+        if both:
+            raise ValueError(f"grid.{both[0]}: also set under training; keep the list in grid or the value in training")
+        variants = self.training_variants()
+        eps = max(t.eps for t in variants)
+        if self.search and self.search.eps < eps:
+            raise ValueError(f"search.eps: {self.search.eps:g} is below training.eps={eps:g}, where runs "
                              f"stop; raise search.eps or lower training.eps")
         for n in self.grid.n:
             for k in self.grid.k:
@@ -257,7 +331,7 @@ class SweepConfig(_Frozen):
                     raise ValueError(f"d: rule {self.d!r} fails at n={n}, k={k}: {exc}") from exc
                 if k >= d:
                     raise ValueError(f"d: k={k} must be < d={d} (at n={n}); raise d or drop k={k} from grid.k")
-                if self.delta_2 >= 1 / k:
+                if k and self.delta_2 >= 1 / k:
                     raise ValueError(f"delta_2: {self.delta_2} must be < 1/k = {1 / k:.4g} for k={k}; lower delta_2")
                 for bias in self.grid.bias:
                     limit = max_separation(n, d, bias=bias)
@@ -279,14 +353,27 @@ class SweepConfig(_Frozen):
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
 
+    def training_variants(self) -> list[TrainConfig]:
+        """The training settings of the sweep's runs: ``training`` with each combination of the
+        training axes of ``grid`` (a single one when the grid lists none)."""
+        base, axes = self.training.model_dump(), self.grid.training_axes()
+        return [_train_config({**base, **dict(zip(axes, combo))}, "grid")
+                for combo in itertools.product(*axes.values())]
+
     def run_defining(self) -> dict:
-        """The settings every run of this sweep shares (not the grid, resources, tracking or output):
-        a results directory belongs to one such setting."""
+        """What every run of this sweep shares (not the grid, resources, tracking or output): a
+        results directory belongs to one such setting. Training settings at their default are left
+        out, so that adding a setting with a default keeps the fingerprint (as it keeps run ids)."""
         return dict(name=self.name, d=self.d, target=self.target, delta_2=self.delta_2,
-                    training=self.training.model_dump())
+                    training=non_default_settings(self.training.model_dump()))
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.run_defining(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def non_default_settings(settings: dict) -> dict:
+    """The training settings that differ from ``TrainConfig``'s defaults."""
+    return {f: v for f, v in settings.items() if v != _TRAINING_FIELDS[f][1]}
 
 
 def _one_line(exc: ValidationError) -> str:

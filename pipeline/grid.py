@@ -1,82 +1,68 @@
 """From a sweep configuration to runs and tasks.
 
-A run is one (cell, data seed, initialisation seed) with the sweep's training
-settings; its ``run_id`` hashes exactly those fields, so the same run has the same
-id on any machine, in any sweep, grid or search. A task is a batch of runs of one
-cell trained together on one device.
+A run is one (cell, data seed, training settings, initialisation seed). Its ``run_id`` is a
+versioned hash of an explicit key (:func:`run_key`): the cell, the seed, and the training
+settings that differ from ``TrainConfig``'s defaults. So the same run has the same id on any
+machine, in any sweep, grid or search, and adding a setting with a default keeps every
+existing id. A task is a batch of runs of one cell and setting trained together on one device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
-from .config import SweepConfig
+from sobolev.train import TrainConfig
 
-RUN_ID_VERSION = 1  # bump when the meaning of a run's fields changes
+from .config import SweepConfig, non_default_settings
+from .schema import CELL_COLUMNS, TRAINING_COLUMNS, Cell, column_default
 
-
-@dataclass(frozen=True)
-class Cell:
-    """One point of the problem grid, with its data seed: one problem instance."""
-
-    n: int
-    k: int
-    d: int
-    m: int
-    delta: float
-    bias: bool
-    target: str
-    delta_2: float
-    data_seed: int
-
-    def label(self) -> str:
-        return (f"n{self.n}-k{self.k}-d{self.d}-m{self.m}-delta{self.delta:g}-"
-                f"{'bias' if self.bias else 'nobias'}-data{self.data_seed}")
+# 2: settings at their default and optional cell fields at theirs are left out of the key
+RUN_ID_VERSION = 2
 
 
-@dataclass(frozen=True)
-class Training:
-    mode: str
-    eps: float
-    t_max: float
-    t_unit: str
-    max_steps: int
-    step_factor: float
-    dtype: str
-    check_every: int
-    checkpoints_per_decade: int
-    divergence_factor: float
+def run_key(cell: Cell, train: TrainConfig, seed: int) -> dict:
+    """What identifies a run: its cell (optional fields only when not at their default), its
+    initialisation seed, and its training settings that are not at their default."""
+    cell_fields = {f: v for f, v in asdict(cell).items() if v != column_default(f)}
+    return dict(cell_fields, **non_default_settings(asdict(train)), seed=int(seed), version=RUN_ID_VERSION)
 
 
-def run_id(cell: Cell, training: Training, seed: int) -> str:
-    key = dict(asdict(cell), **asdict(training), seed=int(seed), version=RUN_ID_VERSION)
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+def run_id(cell: Cell, train: TrainConfig, seed: int) -> str:
+    return hashlib.sha256(json.dumps(run_key(cell, train, seed), sort_keys=True).encode()).hexdigest()[:20]
+
+
+def run_id_of_record(record: dict) -> str:
+    """The current ``run_id`` of a runs-table row, from its recorded cell, seed and settings (a
+    row written by an older version may carry an older id; columns it lacks take their default)."""
+    def value(f):
+        v = record.get(f)
+        return column_default(f) if v is None else v
+
+    cell = Cell(**{f: value(f) for f in CELL_COLUMNS if f != "seed"})
+    return run_id(cell, TrainConfig(**{f: value(f) for f in TRAINING_COLUMNS}), value("seed"))
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """What one Ray task trains: ``seeds`` of one cell as one batch."""
+    """What one Ray task trains: ``seeds`` of one cell as one batch, with one training setting."""
 
     cell: Cell
-    training: Training
+    train: TrainConfig
     seeds: tuple[int, ...]
     sweep: str
     delta_fail: float
 
     @property
     def run_ids(self) -> tuple[str, ...]:
-        return tuple(run_id(self.cell, self.training, s) for s in self.seeds)
+        return tuple(run_id(self.cell, self.train, s) for s in self.seeds)
 
     @property
     def task_id(self) -> str:
         digest = hashlib.sha256(",".join(self.run_ids).encode()).hexdigest()[:12]
         return f"{self.cell.label()}-{digest}"
-
-
-def training_of(cfg: SweepConfig) -> Training:
-    return Training(**cfg.training.model_dump())
 
 
 def cells(cfg: SweepConfig) -> list[Cell]:
@@ -87,7 +73,12 @@ def cells(cfg: SweepConfig) -> list[Cell]:
             for m in g.m]
 
 
-def replicas_per_task(cfg: SweepConfig, cell: Cell) -> int:
+def base_cells(cfg: SweepConfig) -> list[Cell]:
+    """The cells without their width (``m = 0``), each once: what a width search runs over."""
+    return list(dict.fromkeys(dataclasses.replace(c, m=0) for c in cells(cfg)))
+
+
+def replicas_per_task(cfg: SweepConfig, cell: Cell, train: TrainConfig) -> int:
     """Seeds per task: as configured, or as many as fit the memory budget (``auto``)."""
     if cfg.resources.replicas_per_task != "auto":
         return cfg.resources.replicas_per_task
@@ -97,8 +88,8 @@ def replicas_per_task(cfg: SweepConfig, cell: Cell) -> int:
 
     budget = (cfg.resources.memory_budget_gb * 2**30 if cfg.resources.memory_budget_gb
               else default_budget_bytes(cfg.resources.num_cpus, cfg.resources.num_gpus))
-    fit = replicas_that_fit(int(budget), cell.n, cell.d, cell.k, cell.m, getattr(torch, cfg.training.dtype),
-                            bias=cell.bias, mode=cfg.training.mode, check_every=cfg.training.check_every)
+    fit = replicas_that_fit(int(budget), cell.n, cell.d, cell.k, cell.m, getattr(torch, train.dtype),
+                            bias=cell.bias, mode=train.mode, check_every=train.check_every)
     return max(1, min(fit, len(cfg.seeds.init)))
 
 
@@ -116,19 +107,20 @@ def default_budget_bytes(num_cpus: float, num_gpus: float) -> float:
     return 0.5 * psutil.virtual_memory().total / (os.cpu_count() or 1) * num_cpus
 
 
+def tasks_for(cfg: SweepConfig, cell: Cell, train: TrainConfig, seeds) -> list[TaskSpec]:
+    """``seeds`` of one cell and setting, cut into batches of ``replicas_per_task``."""
+    seeds = list(seeds)
+    per = replicas_per_task(cfg, cell, train) if seeds else 1
+    return [TaskSpec(cell=cell, train=train, seeds=tuple(seeds[i:i + per]), sweep=cfg.name, delta_fail=cfg.delta_fail)
+            for i in range(0, len(seeds), per)]
+
+
 def plan(cfg: SweepConfig, *, skip: set[str] = frozenset()) -> tuple[list[TaskSpec], int]:
     """Tasks for every run of the grid not in ``skip`` (run ids), and the grid's run count."""
-    training = training_of(cfg)
     tasks, total = [], 0
     for cell in cells(cfg):
-        todo = [s for s in cfg.seeds.init if run_id(cell, training, s) not in skip]
-        total += len(cfg.seeds.init)
-        per = replicas_per_task(cfg, cell) if todo else 1
-        for i in range(0, len(todo), per):
-            tasks.append(TaskSpec(cell=cell, training=training, seeds=tuple(todo[i:i + per]), sweep=cfg.name,
-                                  delta_fail=cfg.delta_fail))
+        for train in cfg.training_variants():
+            todo = [s for s in cfg.seeds.init if run_id(cell, train, s) not in skip]
+            total += len(cfg.seeds.init)
+            tasks += tasks_for(cfg, cell, train, todo)
     return tasks, total
-
-
-CELL_FIELDS = tuple(f.name for f in fields(Cell))
-TRAINING_FIELDS = tuple(f.name for f in fields(Training))

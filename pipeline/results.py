@@ -16,39 +16,8 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-F64, I64, STR, BOOL = pa.float64(), pa.int64(), pa.string(), pa.bool_()
+from .schema import CURVES_SCHEMA, RUNS_SCHEMA, TABLES, conform
 
-RUNS_SCHEMA = pa.schema([
-    ("run_id", STR), ("sweep", STR), ("task_id", STR),
-    # the cell and the run's seeds
-    ("n", I64), ("k", I64), ("d", I64), ("m", I64), ("delta", F64), ("bias", BOOL), ("target", STR),
-    ("delta_2", F64), ("data_seed", I64), ("seed", I64),
-    # training settings
-    ("mode", STR), ("eps", F64), ("t_max", F64), ("t_unit", STR), ("max_steps", I64), ("step_factor", F64),
-    ("dtype", STR), ("check_every", I64), ("checkpoints_per_decade", I64), ("divergence_factor", F64),
-    # outcome (sobolev.train summary)
-    ("status", STR), ("stopped_by", STR), ("steps", I64), ("t", F64), ("steps_to_eps", I64), ("t_to_eps", F64),
-    ("final_rel_loss", F64), ("min_rel_loss", F64), ("loss0", F64), ("r0_sq", F64), ("decay_rate", F64),
-    ("rate_ratio", F64), ("lambda_min_H0", F64), ("lambda_max_H0", F64), ("min_lambda_ratio", F64),
-    ("max_weight_move", F64), ("flip_fraction", F64), ("max_H_drift", F64), ("bound_held", BOOL),
-    ("lambda_held", BOOL), ("regime_held", BOOL), ("flips_total", F64), ("jump_norm_total", F64),
-    ("lin_dist_final", F64),
-    # the instance and the theory
-    ("lambda_star", F64), ("delta_1", F64), ("delta_2_measured", F64), ("gamma", F64), ("m_thm", F64),
-    ("prop1_bound", F64),
-    # provenance
-    ("device", STR), ("wall_time", F64), ("task_wall_time", F64), ("version", STR), ("git_commit", STR),
-    ("created_at", STR),
-])
-
-CURVES_SCHEMA = pa.schema([
-    ("run_id", STR), ("step", I64), ("t", F64), ("eta", F64), ("loss", F64), ("rel_loss", F64), ("e_sq", F64),
-    ("S_sq", F64), ("lambda_min", F64), ("lambda_max", F64), ("H_drift", F64), ("max_weight_move", F64),
-    ("flip_fraction", F64), ("bound", F64), ("bound_held", BOOL), ("lin_dist", F64), ("flips", F64),
-    ("jump_norm", F64),
-])
-
-TABLES = {"runs": RUNS_SCHEMA, "curves": CURVES_SCHEMA}
 MANIFEST = "sweep.json"
 QUARANTINE = "_corrupt"
 
@@ -72,13 +41,19 @@ def write_task(out: Path, task_id: str, runs: list[dict], curves: dict[str, list
     _atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
 
 
-def check_manifest(out: Path, fingerprint: str) -> bool:
+MANIFEST_VERSION = 2  # 2: the fingerprint leaves out training settings at their default
+
+
+def check_manifest(out: Path, fingerprint: str, sweep: str | None = None) -> bool:
     """Refuse a directory of another sweep configuration, without writing; True if ``out``
-    already holds this sweep's manifest."""
+    already holds this sweep's manifest. A manifest of version 1 (its fingerprint hashed every
+    setting, so any added setting changed it) is matched by the sweep's name."""
     manifest = out / MANIFEST
     if not manifest.exists():
         return False
     old = json.loads(manifest.read_text())
+    if old.get("version", 1) < MANIFEST_VERSION and sweep is not None and old.get("sweep") == sweep:
+        return True
     if old.get("fingerprint") != fingerprint:
         raise ResultsError(
             f"output: {out} holds results of another sweep configuration (sweep {old.get('sweep')!r}, "
@@ -88,13 +63,16 @@ def check_manifest(out: Path, fingerprint: str) -> bool:
 
 def prepare(out: Path, fingerprint: str, sweep: str) -> None:
     """Create the layout and the manifest; refuse a directory of another sweep configuration."""
-    if check_manifest(out, fingerprint):
+    manifest = out / MANIFEST
+    if check_manifest(out, fingerprint, sweep) and json.loads(manifest.read_text()).get("version") == MANIFEST_VERSION:
         return
     for t in TABLES:
         (out / t).mkdir(parents=True, exist_ok=True)
+    old = json.loads(manifest.read_text()) if manifest.exists() else {}
     tmp = out / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(dict(sweep=sweep, fingerprint=fingerprint, created=time.strftime("%FT%T%z"))))
-    os.replace(tmp, (out / MANIFEST))
+    tmp.write_text(json.dumps(dict(sweep=sweep, fingerprint=fingerprint, version=MANIFEST_VERSION,
+                                   created=old.get("created", time.strftime("%FT%T%z")))))
+    os.replace(tmp, manifest)
 
 
 def quarantine_corrupt(out: Path, on_move: Callable[[Path, Path, str], None] | None = None) -> list[Path]:
@@ -136,19 +114,36 @@ def quarantine_corrupt(out: Path, on_move: Callable[[Path, Path, str], None] | N
     return moved
 
 
-def dataset(out: Path, table: str) -> ds.Dataset:
-    return ds.dataset(out / table, format="parquet", schema=TABLES[table])
-
-
-def read_table(out: Path, table: str, columns: list[str] | None = None) -> pa.Table:
+def table_files(out: Path, table: str) -> list[Path]:
+    """The finished files of a table (dot-prefixed temporaries excluded)."""
     path = Path(out) / table
-    if not path.is_dir() or not any(path.glob("*.parquet")):
-        return TABLES[table].empty_table().select(columns or TABLES[table].names)
-    return dataset(Path(out), table).to_table(columns=columns)
+    return sorted(f for f in path.glob("*.parquet") if not f.name.startswith((".", "_"))) if path.is_dir() else []
+
+
+def read_table(out: Path, table: str, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """A whole table (``columns`` of it; rows matching the pyarrow expression ``filter``), in the
+    current schema: files written by an older version, which lack newer columns, read with
+    those columns at their default (``schema.conform``)."""
+    schema = TABLES[table]
+    unknown = [c for c in columns or () if c not in schema.names]
+    if unknown:
+        raise KeyError(f"{table} has no column(s) {unknown}")
+    parts = []
+    for f in table_files(out, table):
+        part = conform(pq.read_table(f), schema)
+        parts.append(part.filter(filter) if filter is not None else part)
+    whole = pa.concat_tables(parts) if parts else schema.empty_table()
+    return whole.select(columns) if columns else whole
 
 
 def done_run_ids(out: Path) -> set[str]:
-    return set(read_table(out, "runs", ["run_id"]).column("run_id").to_pylist())
+    """The current run ids of the runs in ``out`` (recomputed from each row's recorded
+    configuration, so that rows written under an older id rule are recognised)."""
+    from .grid import run_id_of_record
+    from .schema import CELL_COLUMNS, TRAINING_COLUMNS
+
+    rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS]).to_pylist()
+    return {run_id_of_record(r) for r in rows}
 
 
 def archive(out: Path) -> Path | None:

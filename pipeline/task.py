@@ -12,7 +12,9 @@ Test-only settings (environment variables, read by the task):
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import json
 import os
 import time
 
@@ -20,11 +22,11 @@ import numpy as np
 import torch
 
 import sobolev
-from sobolev import TrainConfig, init_params, lambda_star, make_problem, theory, train
+from sobolev import init_params, lambda_star, make_problem, theory, train
 from sobolev.problem import alpha_beta
-from sobolev.train import CURVE_FIELDS
 
-from .grid import CELL_FIELDS, TRAINING_FIELDS, TaskSpec
+from .grid import TaskSpec
+from .schema import CURVE_COLUMNS, INSTANCE_COLUMNS
 
 
 def _test_hooks(task: TaskSpec) -> None:
@@ -50,8 +52,10 @@ def instance_metrics(problem, lam: float, delta_fail: float) -> dict:
     # (separation min(alpha delta_1, 2 beta), tilt alpha delta_2)
     sep, tilt = ((theory.augmented_separation(delta_1, k), alpha_beta(k)[0] * delta_2) if bias
                  else (delta_1, delta_2))
-    return dict(lambda_star=lam, delta_1=delta_1, delta_2_measured=delta_2, gamma=gamma,
-                m_thm=theory.m_thm(n, k, gamma, lam, delta_fail), prop1_bound=theory.prop1_lower_bound(n, k, sep, tilt))
+    values = dict(lambda_star=lam, delta_1=delta_1, delta_2_measured=delta_2, gamma=gamma,
+                  m_thm=theory.m_thm(n, k, gamma, lam, delta_fail), prop1_bound=theory.prop1_lower_bound(n, k, sep, tilt))
+    assert values.keys() == INSTANCE_COLUMNS.keys()
+    return values
 
 
 def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown") -> dict:
@@ -60,22 +64,19 @@ def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown")
     _test_hooks(task)
     started = time.time()
     start = time.perf_counter()
-    c, tr = task.cell, task.training
+    c, tr = task.cell, task.train
     dtype = getattr(torch, tr.dtype)
     problem = make_problem(c.n, c.d, c.k, c.delta, bias=c.bias, target=c.target, seed=c.data_seed,
                            delta_2=c.delta_2, dtype=dtype, device=device)
     lam = lambda_star(problem)
     params = init_params(len(task.seeds), c.m, c.d, bias=c.bias, seeds=list(task.seeds), dtype=dtype, device=device)
-    cfg = TrainConfig(mode=tr.mode, eps=tr.eps, t_max=tr.t_max, t_unit=tr.t_unit, max_steps=tr.max_steps,
-                      step_factor=tr.step_factor, check_every=tr.check_every,
-                      checkpoints_per_decade=tr.checkpoints_per_decade, divergence_factor=tr.divergence_factor)
-    result = train(params, problem, cfg, lambda_star=lam)
+    result = train(params, problem, tr, lambda_star=lam)
     wall = time.perf_counter() - start
     run_ids = task.run_ids
-    common = dict(sweep=task.sweep, task_id=task.task_id, **{f: getattr(c, f) for f in CELL_FIELDS},
-                  **{f: getattr(tr, f) for f in TRAINING_FIELDS}, **instance_metrics(problem, lam, task.delta_fail),
+    common = dict(sweep=task.sweep, task_id=task.task_id, **dataclasses.asdict(c), **dataclasses.asdict(tr),
+                  **instance_metrics(problem, lam, task.delta_fail),
                   device=str(device), task_wall_time=wall, wall_time=wall / len(task.seeds),
-                  version=sobolev.__version__, git_commit=git_commit,
+                  version=sobolev.__version__, git_commit=git_commit, batch_seeds=json.dumps(list(task.seeds)),
                   created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     runs = []
     for j, seed in enumerate(task.seeds):
@@ -83,7 +84,7 @@ def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown")
         rec.update({f: _plain(v[j]) for f, v in result.summary.items()})
         runs.append(rec)
     cur = result.curves
-    curves = {f: _plain_list(cur[f]) for f in CURVE_FIELDS if f != "replica"}
+    curves = {f: _plain_list(cur[f]) for f in CURVE_COLUMNS if f != "run_id"}
     curves["run_id"] = [run_ids[j] for j in cur["replica"]]
     log = os.environ.get("SOBOLEV_WORK_LOG")
     if log:

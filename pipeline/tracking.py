@@ -16,9 +16,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .grid import CELL_FIELDS, TRAINING_FIELDS
+from .schema import CELL_COLUMNS, TRAINING_COLUMNS
 
-PARAM_FIELDS = CELL_FIELDS + TRAINING_FIELDS + ("seed",)
+PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
 TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
 CURVE_METRICS = ("loss", "rel_loss", "e_sq", "S_sq", "lambda_min", "H_drift", "max_weight_move", "flip_fraction",
                  "bound", "lin_dist", "flips", "jump_norm", "eta")
@@ -136,6 +136,11 @@ class Tracker:
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED")
             self.logged.add(rec["run_id"])
+
+    def delete_children(self) -> None:
+        """Delete every child run of the experiment (a forced recomputation logs them anew)."""
+        for r in self.client.search_runs([self.experiment_id], filter_string="tags.kind = 'run'", max_results=50000):
+            self.client.delete_run(r.info.run_id)
 
     def close(self, status: str = "FINISHED") -> None:
         self.client.set_terminated(self.parent_id, status)

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from analysis.defaults import ABOVE, BELOW, NOT_CENSORED
+
 MEETS, FAILS, UNDECIDED, UNSEEN = "meets", "fails", "undecided", "unseen"
 
 
@@ -130,7 +132,7 @@ class WidthSearch:
         cand = self.candidate()
         done = self._evaluated()
         below = [j for j in done if cand is not None and j < cand]
-        censored = "above" if cand is None else ("below" if cand == 0 else "none")
+        censored = ABOVE if cand is None else (BELOW if cand == 0 else NOT_CENSORED)
         confirmed = cand is not None and (cand + 1 in done or cand == len(self.widths) - 1)
         return dict(
             m_star=None if cand is None or cand == 0 else self.widths[cand],

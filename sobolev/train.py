@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -40,15 +41,16 @@ class TrainConfig:
     ``eta_j = step_factor / lambda_max(H_j)``, refreshed at every checkpoint.
     """
 
-    mode: str = "relu"
-    eps: float = 1e-4
+    mode: Literal["relu", "frozen"] = "relu"
+    eps: float = 1e-6
     t_max: float = 12.0
-    t_unit: str = "lambda_star"
-    max_steps: int = 200_000
+    t_unit: Literal["lambda_star", "absolute"] = "lambda_star"
+    max_steps: int = 100_000
     step_factor: float = 1.0
     check_every: int = 16
     checkpoints_per_decade: int = 8
     divergence_factor: float = 1e6
+    dtype: Literal["float32", "float64"] = "float32"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -59,6 +61,10 @@ class TrainConfig:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
                 raise ValueError(f"TrainConfig.{name}={v!r}: must be a positive finite number")
+        if self.eps >= 1:
+            raise ValueError(f"TrainConfig.eps={self.eps!r}: a relative loss tolerance must be < 1")
+        if self.divergence_factor <= 1:
+            raise ValueError(f"TrainConfig.divergence_factor={self.divergence_factor!r}: must be > 1")
         for name in ("max_steps", "check_every", "checkpoints_per_decade"):
             v = getattr(self, name)
             if not (isinstance(v, int) and v >= 1):
@@ -91,16 +97,19 @@ class TrainResult:
     config: TrainConfig = field(repr=False)
 
 
-SUMMARY_FIELDS = (
-    "status", "stopped_by", "steps", "t", "steps_to_eps", "t_to_eps", "final_rel_loss", "min_rel_loss",
-    "loss0", "r0_sq", "decay_rate", "rate_ratio", "lambda_min_H0", "lambda_max_H0", "min_lambda_ratio",
-    "max_weight_move", "flip_fraction", "max_H_drift", "bound_held", "lambda_held", "regime_held",
-    "flips_total", "jump_norm_total", "lin_dist_final",
+# The columns of a run's summary and of its curves, with their types: the pipeline's
+# Parquet schema is derived from these (``pipeline.schema``).
+SUMMARY_FIELDS: dict[str, type] = dict(
+    status=str, stopped_by=str, steps=int, t=float, steps_to_eps=int, t_to_eps=float, final_rel_loss=float,
+    min_rel_loss=float, loss0=float, r0_sq=float, decay_rate=float, rate_ratio=float, lambda_min_H0=float,
+    lambda_max_H0=float, min_lambda_ratio=float, max_weight_move=float, flip_fraction=float, max_H_drift=float,
+    bound_held=bool, lambda_held=bool, regime_held=bool, flips_total=float, jump_norm_total=float,
+    lin_dist_final=float,
 )
-CURVE_FIELDS = (
-    "replica", "step", "t", "eta", "loss", "rel_loss", "e_sq", "S_sq", "lambda_min", "lambda_max",
-    "H_drift", "max_weight_move", "flip_fraction", "bound", "bound_held", "lin_dist", "flips",
-    "jump_norm",
+CURVE_FIELDS: dict[str, type] = dict(
+    replica=int, step=int, t=float, eta=float, loss=float, rel_loss=float, e_sq=float, S_sq=float,
+    lambda_min=float, lambda_max=float, H_drift=float, max_weight_move=float, flip_fraction=float, bound=float,
+    bound_held=bool, lin_dist=float, flips=float, jump_norm=float,
 )
 
 

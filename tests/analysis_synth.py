@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import special
 
-from analysis.load import CURVE_SCHEMA, RUN_SCHEMA
+from pipeline.schema import CURVES_SCHEMA as CURVE_SCHEMA
+from pipeline.schema import RUNS_SCHEMA as RUN_SCHEMA
 
 # Tolerances of the analysis tests, in one place.
 TOL = {
@@ -34,7 +35,7 @@ FAIL_LOSS = 0.5  # above every eps' in EPS_GRID
 
 _DEFAULTS = {
     "sweep": "synthetic", "d": 6, "delta": 0.5, "bias": False, "target": "random", "delta_2": 0.0,
-    "data_seed": 0, "mode": "relu", "eps": TRAIN_EPS, "t_max": 12.0, "t_unit": "1/lambda_star",
+    "data_seed": 0, "mode": "relu", "eps": TRAIN_EPS, "t_max": 12.0, "t_unit": "lambda_star",
     "max_steps": 100_000, "step_factor": 0.5, "dtype": "float64", "status": "budget", "stopped_by": "",
     "steps_to_eps": -1, "lambda_star": 0.01, "lambda_min_H0": 0.01, "m_thm": 1e12, "device": "cpu",
     "version": "test", "git_commit": "0" * 40,

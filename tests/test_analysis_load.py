@@ -5,7 +5,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.fits import fit_exponents
-from analysis.load import (CURVE_COLUMNS, RUN_COLUMNS, RUN_SCHEMA, MissingColumnError, load_curves, load_results,
+from pipeline.schema import RUNS_SCHEMA as RUN_SCHEMA
+from analysis.load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, load_curves, load_results,
                            load_runs)
 from analysis.success import run_success, success_rates
 from analysis.thresholds import theory_gap, thresholds
@@ -55,15 +56,19 @@ def test_curves_filtered_by_run_id(tmp_path):
     assert list(got["step"]) == [0, 100, 0, 100]
 
 
-def test_missing_column_named_even_if_only_one_file_lacks_it(tmp_path):
+def test_file_of_an_older_version_reads_with_defaults_and_unknown_columns_are_named(tmp_path):
     runs, curves = _tables()
     write_results(tmp_path, runs, curves)
-    pq.write_table(pa.Table.from_pandas(runs.head(2).drop(columns="min_rel_loss").assign(run_id=["x", "y"]),
-                                        preserve_index=False), tmp_path / "runs" / "task0099.parquet")
-    with pytest.raises(MissingColumnError, match="'min_rel_loss'.*1 of 4 file"):
-        load_runs(tmp_path)
-    # a column nobody needs may be missing
-    load_runs(tmp_path, columns=["run_id", "n"])
+    # a file written before two columns existed: a training setting and a summary column
+    old = runs.head(2).drop(columns=["step_factor", "min_rel_loss"]).assign(run_id=["x", "y"])
+    pq.write_table(pa.Table.from_pandas(old, preserve_index=False), tmp_path / "runs" / "task0099.parquet")
+    loaded = load_runs(tmp_path).set_index("run_id")
+    from sobolev import TrainConfig
+
+    assert (loaded.loc[["x", "y"], "step_factor"] == TrainConfig().step_factor).all()  # the setting's default
+    assert loaded.loc[["x", "y"], "min_rel_loss"].isna().all()  # a measurement it never made: null
+    with pytest.raises(MissingColumnError, match="no_such_column"):
+        load_runs(tmp_path, columns=["run_id", "no_such_column"])
 
 
 def test_duplicate_runs_and_empty_directories(tmp_path):

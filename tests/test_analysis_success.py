@@ -23,21 +23,21 @@ def _curve(run_id, rel_loss, bound_held, lambda_min=None):
 
 
 def test_interpolation_uses_min_rel_loss_and_fails_diverged_runs():
-    runs = _runs(status=["budget", "budget", "diverged", "failed", "converged"],
+    runs = _runs(status=["budget", "budget", "diverged", "diverged", "converged"],
                  min_rel_loss=[5e-3, 5e-2, 1e-8, np.nan, 1e-7], eps=1e-6)
-    assert list(interpolation_success(runs, 1e-2)) == [True, False, False, False, True]
+    assert list(interpolation_success(runs, None, 1e-2)) == [True, False, False, False, True]
 
 
 def test_tolerance_below_training_eps_raises_for_converged_runs():
     runs = _runs(status=["converged", "budget"], min_rel_loss=[9e-5, 3e-4], eps=1e-4)
     # a budget run never reached its eps, so it is judged at any eps'; the converged one is not
     with pytest.raises(UnjudgeableToleranceError, match="5e-05"):
-        interpolation_success(runs, 5e-5)
+        interpolation_success(runs, None, 5e-5)
     with pytest.raises(UnjudgeableToleranceError):
         run_success(runs, eps_grid=[1e-2, 1e-6], criteria=["interpolation"])
     # ... unless it went below eps' on its last step
     runs.loc[0, "min_rel_loss"] = 5e-7
-    assert list(interpolation_success(runs, 1e-6)) == [True, False]
+    assert list(interpolation_success(runs, None, 1e-6)) == [True, False]
 
 
 BREAK = [True, True, False, True, True, True]

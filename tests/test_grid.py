@@ -1,7 +1,7 @@
 import subprocess
 import sys
 
-from pipeline.grid import cells, plan, run_id, training_of
+from pipeline.grid import cells, plan, run_id, run_id_of_record
 from pipeline_helpers import tiny_config
 
 
@@ -30,9 +30,9 @@ def test_run_id_depends_on_run_not_on_sweep_or_resources():
 def test_run_id_same_in_another_process():
     cfg = tiny_config()
     cell = cells(cfg)[0]
-    here = run_id(cell, training_of(cfg), 2)
-    code = ("from pipeline.grid import cells, run_id, training_of; from pipeline_helpers import tiny_config; "
-            "c = tiny_config(); print(run_id(cells(c)[0], training_of(c), 2))")
+    here = run_id(cell, cfg.training_variants()[0], 2)
+    code = ("from pipeline.grid import cells, run_id; from pipeline_helpers import tiny_config; "
+            "c = tiny_config(); print(run_id(cells(c)[0], c.training_variants()[0], 2))")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": ":".join(sys.path), "PYTHONHASHSEED": "123"}).stdout.strip()
     assert here == there
@@ -56,3 +56,23 @@ def test_auto_replicas_follow_the_memory_model():
     large = [t for t in tasks if t.cell.m == 4096]
     # small cells take all their seeds in one task, large ones are split
     assert all(len(t.seeds) == 64 for t in small) and max(len(t.seeds) for t in large) < 64
+
+
+def test_training_axes_in_the_grid_pair_every_setting_with_the_same_cells_and_seeds():
+    cfg = tiny_config(grid=dict(mode=["relu", "frozen"], step_factor=[1.0, 0.5]))
+    tasks, total = plan(cfg)
+    assert total == 4 * plan(tiny_config())[1]
+    settings = {(t.train.mode, t.train.step_factor) for t in tasks}
+    assert settings == {("relu", 1.0), ("relu", 0.5), ("frozen", 1.0), ("frozen", 0.5)}
+    # the relu, step 1.0 runs are the very runs of the sweep without the axes
+    base = {r for t in plan(tiny_config())[0] for r in t.run_ids}
+    assert base == {r for t in tasks if (t.train.mode, t.train.step_factor) == ("relu", 1.0) for r in t.run_ids}
+
+
+def test_run_id_of_a_record_is_its_run_id():
+    from pipeline.task import execute
+
+    cfg = tiny_config(grid=dict(n=[4], m=[16], bias=[False]), training=dict(max_steps=5))
+    task = plan(cfg)[0][0]
+    for rec, rid in zip(execute(task)["runs"], task.run_ids):
+        assert rec["run_id"] == rid == run_id_of_record(rec)

@@ -1,0 +1,99 @@
+"""Run identity across versions: a setting added with a default keeps every run id, every
+results directory and every resume (checked on a directory written by the code before the
+settings were defined once: tests/fixtures/results_v1, from tests/fixtures/results_v1.yaml)."""
+
+import dataclasses
+import shutil
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import load_config
+from pipeline.grid import plan, run_id_of_record
+from pipeline.results import done_run_ids, read_table
+
+FIXTURE = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def v1_results(tmp_path):
+    out = tmp_path / "results_v1"
+    shutil.copytree(FIXTURE / "results_v1", out)
+    return out
+
+
+def test_results_of_an_older_version_are_recognised_as_done(v1_results):
+    cfg = load_config(FIXTURE / "results_v1.yaml")
+    tasks, total = plan(cfg, skip=done_run_ids(v1_results))
+    assert total == 4 and tasks == []  # nothing to recompute
+    runs = read_table(v1_results, "runs").to_pylist()
+    # the recorded (version 1) ids differ from today's, which are recomputed from each row
+    assert {r["run_id"] for r in runs}.isdisjoint(done_run_ids(v1_results))
+    assert {run_id_of_record(r) for r in runs} == {rid for t in plan(cfg)[0] for rid in t.run_ids}
+    # columns that did not exist then read with their documented default
+    assert all(r["batch_seeds"] is None for r in runs)
+
+
+def test_resume_of_an_older_directory_trains_nothing(local_ray, work_log, v1_results):
+    from pipeline.driver import run_sweep
+
+    cfg = load_config(FIXTURE / "results_v1.yaml")
+    before = len(work_log.read_text().splitlines())
+    report = run_sweep(cfg, out=v1_results, mlflow=False, progress=False)
+    assert (report.done, report.skipped, report.failed) == (0, 4, 0)
+    assert len(work_log.read_text().splitlines()) == before
+
+
+def test_a_defaulted_setting_added_in_one_place_reaches_yaml_parquet_mlflow_and_train(monkeypatch, tmp_path):
+    """Add a field to sobolev.TrainConfig (the one definition) and rebuild what derives from it in a
+    fresh interpreter: the YAML accepts it, the schema and MLflow params carry it, train receives it,
+    and with its default every existing run id (and the v1 directory's resume) is unchanged."""
+    import subprocess
+
+    code = f'''
+import dataclasses, sys, typing
+sys.path[:0] = {sys.path!r}
+import sobolev.train
+T = sys.modules["sobolev.train"]  # the package exports the function train under the same name
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig(T.TrainConfig):
+    warmup: float = 0.0  # the new setting; 0.0 keeps today's behaviour
+
+T.TrainConfig = TrainConfig
+import sobolev
+sobolev.TrainConfig = TrainConfig
+seen = []
+real_train = T.train
+def spy(params, problem, config, **kw):
+    seen.append(config.warmup)
+    return real_train(params, problem, config, **kw)
+import pipeline.task
+pipeline.task.train = spy
+
+from pipeline.config import load_config, parse_config
+from pipeline.grid import plan, run_id_of_record
+from pipeline.results import done_run_ids
+from pipeline.schema import RUNS_SCHEMA
+from pipeline.tracking import PARAM_FIELDS
+from pipeline.task import execute
+import yaml
+assert "warmup" in RUNS_SCHEMA.names and "warmup" in PARAM_FIELDS
+cfg = load_config("{FIXTURE / 'results_v1.yaml'}")
+assert cfg.training.warmup == 0.0
+tasks, total = plan(cfg, skip=done_run_ids("{FIXTURE / 'results_v1'}"))
+assert tasks == [] and total == 4, "a defaulted setting must keep existing ids"
+data = yaml.safe_load(open("{FIXTURE / 'results_v1.yaml'}"))
+data["training"]["warmup"] = 0.5
+other = parse_config(data)
+assert other.training_variants()[0].warmup == 0.5
+ids = {{r for t in plan(other)[0] for r in t.run_ids}}
+assert ids.isdisjoint({{r for t in plan(cfg)[0] for r in t.run_ids}}), "a non-default value is another run"
+rec = execute(plan(other)[0][0])["runs"][0]
+assert rec["warmup"] == 0.5 and seen == [0.5] and run_id_of_record(rec) == rec["run_id"]
+print("ok")
+'''
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().endswith("ok"), result.stdout[-2000:] + result.stderr[-3000:]
