@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .config import ConfigError, load_config
 from .driver import SetupError, preflight, run_sweep
@@ -32,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     se.add_argument("--address")
     se.add_argument("--num-cpus", type=int)
     se.add_argument("--no-progress", action="store_true")
+    co = sub.add_parser("compact", help="merge a results directory's task files into one file per table")
+    co.add_argument("out", help="the results directory (e.g. runs/smoke); run it when no sweep writes into it")
     sy = sub.add_parser("sync", help="log to MLflow every run that is in Parquet but not in MLflow")
     sy.add_argument("config")
     sy.add_argument("--out")
@@ -41,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "compact":
+        return _compact(Path(args.out))
     try:
         cfg = load_config(args.config)
         out = args.out or str(cfg.output_dir())
@@ -48,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
             check_reachable(uri)
             tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": out})
-            n = sync(tracker, __import__("pathlib").Path(out))
+            n = sync(tracker, Path(out))
             tracker.close()
             print(f"synced {n} runs from {out} to {uri}")
             return 0
@@ -63,10 +68,10 @@ def main(argv: list[str] | None = None) -> int:
             print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
                   .to_string(index=False))
             print("\n".join(report.lines()))
-            print(f"thresholds: {__import__('pathlib').Path(out) / 'thresholds'}")
+            print(f"thresholds: {Path(out) / 'thresholds'}")
             return 1 if report.failed else 3 if not report.mlflow_complete else 0
         if args.dry_run:
-            preflight(cfg, __import__("pathlib").Path(out), None)
+            preflight(cfg, Path(out), None)
             print("\n".join(estimate_lines(cfg, out)))
             return 0
         report = run_sweep(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
@@ -79,3 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(report.lines()))
     # 0: all done; 1: some tasks failed; 2: bad input (above); 3: all in Parquet, MLflow incomplete (run `sync`)
     return 1 if report.failed else 3 if not report.mlflow_complete else 0
+
+
+def _compact(out: Path) -> int:
+    from .results import MANIFEST, compact
+
+    if not (out / MANIFEST).exists():
+        print(f"error: compact: {out} is not a results directory (no {MANIFEST}); pass the --out of a sweep",
+              file=sys.stderr)
+        return 2
+    merged = compact(out)
+    print(f"compacted {out}: " + ", ".join(f"{n} {t} files into one" if n else f"{t} already one file"
+                                           for t, n in merged.items()))
+    return 0

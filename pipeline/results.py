@@ -26,9 +26,9 @@ class ResultsError(ValueError):
     """A results directory that cannot be used as it is (one line: what and the fix)."""
 
 
-def _atomic_write(table: pa.Table, path: Path) -> None:
+def _atomic_write(table: pa.Table, path: Path, compression: str = "snappy") -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp)
+    pq.write_table(table, tmp, compression=compression)
     with open(tmp, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
@@ -156,3 +156,52 @@ def archive(out: Path) -> Path | None:
         (dest / f.parent.name).mkdir(parents=True, exist_ok=True)
         os.replace(f, dest / f.parent.name / f.name)
     return dest
+
+
+COMPACT_JOURNAL = ".compact.json"
+
+
+def compact(out: Path) -> dict[str, int]:
+    """Merge each table's task files into one zstd-compressed file per table (for shipping or
+    for a directory of many thousands of tasks); returns the number of files merged per table.
+
+    Crash-safe: a journal names the files being merged; the merged files are written (atomically)
+    before any source is deleted, and :func:`recover_compaction` (run here and by every driver at
+    start) finishes or undoes a compaction that was cut off, so no row is ever there twice."""
+    out = Path(out)
+    recover_compaction(out)
+    sources = {t: [f.name for f in table_files(out, t)] for t in TABLES}
+    if max(len(v) for v in sources.values()) <= 1:
+        return {t: 0 for t in TABLES}
+    name = f"compact-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.parquet"
+    journal = out / COMPACT_JOURNAL
+    journal.write_text(json.dumps(dict(target=name, sources=sources)))
+    for t in ("curves", "runs"):  # curves first, as for a task: a runs row never without its curves
+        merged = pa.concat_tables([conform(pq.read_table(out / t / f), TABLES[t]) for f in sources[t]])
+        _atomic_write(merged, out / t / name, compression="zstd")
+    _finish_compaction(out, json.loads(journal.read_text()))
+    return {t: len(v) for t, v in sources.items()}
+
+
+def _finish_compaction(out: Path, entry: dict) -> None:
+    for t, names in entry["sources"].items():
+        for f in names:
+            (out / t / f).unlink(missing_ok=True)
+    (out / COMPACT_JOURNAL).unlink()
+
+
+def recover_compaction(out: Path) -> str | None:
+    """Finish a compaction cut off after both merged files were written (delete the sources it
+    names), or undo one cut off before (delete its merged file); say which, or None."""
+    journal = Path(out) / COMPACT_JOURNAL
+    if not journal.exists():
+        return None
+    entry = json.loads(journal.read_text())
+    targets = [Path(out) / t / entry["target"] for t in TABLES]
+    if all(f.exists() for f in targets):
+        _finish_compaction(Path(out), entry)
+        return f"finished an interrupted compaction into {entry['target']}"
+    for f in targets:
+        f.unlink(missing_ok=True)
+    journal.unlink()
+    return f"undid an interrupted compaction into {entry['target']} (its sources are intact)"

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from .config import SweepConfig
 from .grid import TaskSpec
-from .results import ResultsError, archive, check_manifest, prepare, quarantine_corrupt, write_task
+from .results import (ResultsError, archive, check_manifest, prepare, quarantine_corrupt, recover_compaction,
+                      write_task)
 from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
 
 
@@ -170,6 +171,10 @@ class SweepSession:
     def __enter__(self) -> "SweepSession":
         preflight(self.cfg, self.out, self.uri)
         prepare(self.out, self.cfg.fingerprint(), self.cfg.name)
+        recovered = recover_compaction(self.out)
+        if recovered:
+            self.report.notes.append(recovered)
+            print(f"note: {recovered}", file=sys.stderr)
         self.report.quarantined = quarantine_corrupt(self.out, on_move=self._note_set_aside)
         if self.force:
             archive(self.out)

@@ -85,3 +85,50 @@ def test_empty_results_read_as_empty_tables(tmp_path):
     assert read_table(tmp_path, "runs").num_rows == 0
     assert done_run_ids(tmp_path) == set()
     assert isinstance(read_table(tmp_path, "curves", ["run_id"]), pa.Table)
+
+
+def _three_tasks(tmp_path):
+    from pipeline.results import table_files
+
+    cfg = tiny_config(grid=dict(n=[4], m=[16, 64], bias=[False]), training=dict(max_steps=20))
+    prepare(tmp_path, cfg.fingerprint(), cfg.name)
+    tasks = plan(cfg)[0]
+    for task in tasks:
+        result = execute(task)
+        write_task(tmp_path, task.task_id, result["runs"], result["curves"])
+    assert len(table_files(tmp_path, "runs")) == len(tasks) > 1
+    return cfg, {r for t in tasks for r in t.run_ids}
+
+
+def test_compact_merges_files_keeping_every_row_once_and_resume(tmp_path):
+    from pipeline.cli import main
+    from pipeline.results import table_files
+
+    cfg, ids = _three_tasks(tmp_path)
+    keys = {"runs": ["run_id"], "curves": ["run_id", "step"]}
+    rows = lambda t: read_table(tmp_path, t).to_pandas().sort_values(keys[t], ignore_index=True)  # noqa: E731
+    before = {t: rows(t) for t in keys}
+    assert main(["compact", str(tmp_path)]) == 0
+    for t in ("runs", "curves"):
+        assert len(table_files(tmp_path, t)) == 1
+        assert pq.read_metadata(table_files(tmp_path, t)[0]).row_group(0).column(0).compression == "ZSTD"
+        pd.testing.assert_frame_equal(rows(t), before[t])
+    assert done_run_ids(tmp_path) == ids and plan(cfg, skip=done_run_ids(tmp_path))[0] == []
+    assert main(["compact", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("cut_after", ["curves", "runs"])
+def test_interrupted_compaction_is_undone_or_finished(tmp_path, cut_after):
+    from pipeline.results import COMPACT_JOURNAL, _atomic_write, recover_compaction, table_files
+
+    _, ids = _three_tasks(tmp_path)
+    sources = {t: [f.name for f in table_files(tmp_path, t)] for t in ("runs", "curves")}
+    # replay compact() by hand up to the cut: the journal, then the merged file(s) written so far
+    (tmp_path / COMPACT_JOURNAL).write_text(json.dumps(dict(target="compact-x.parquet", sources=sources)))
+    for t in ("curves", "runs")[: 1 if cut_after == "curves" else 2]:
+        _atomic_write(read_table(tmp_path, t), tmp_path / t / "compact-x.parquet")
+    note = recover_compaction(tmp_path)
+    assert ("undid" if cut_after == "curves" else "finished") in note
+    runs = read_table(tmp_path, "runs").column("run_id").to_pylist()
+    assert sorted(runs) == sorted(ids)  # every run exactly once
+    assert not (tmp_path / COMPACT_JOURNAL).exists()
