@@ -5,7 +5,8 @@
 Runs (or resumes) the search into its own output directory, then compares per cell, with the
 same seeds (``seeds.init``), the search's ``m*`` with the grid's (analysis.thresholds on the
 grid's runs, same criterion and eps'), and the runs and wall time each used. The grid's wall
-time is read from ``<grid>/sweep_log.jsonl`` (written by every ``pipeline run``).
+time is read from ``<grid>/sweep_log.jsonl`` (written by the driver at every ``pipeline run``);
+without such a line it is reported as unknown.
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ def grid_thresholds(grid: Path, cfg) -> pd.DataFrame:
     s = cfg.search
     ok = run_success(runs, res.curves, eps_grid=(s.eps,), criteria=(s.criterion,))
     return thresholds(success_rates(ok), delta_fail=cfg.delta_fail, n_boot=0)
+
+
+def grid_wall_time(grid: Path) -> float:
+    """The grid's wall time, summed over the `pipeline run` invocations the driver itself logged
+    (``<grid>/sweep_log.jsonl``); NaN if it logged none."""
+    log = grid / "sweep_log.jsonl"
+    lines = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    walls = [rec["wall_time"] for rec in lines if rec.get("command") == "run" and "git_commit" in rec]
+    return float(sum(walls)) if walls else np.nan
 
 
 def main() -> None:
@@ -61,10 +71,7 @@ def main() -> None:
     both["steps_apart"] = both.apply(step, axis=1)
     same = (both["steps_apart"] == 0).mean()
     grid_runs = len(load_results(Path(args.grid)).runs.query("seed in @cfg.seeds.init"))
-    log = Path(args.grid) / "sweep_log.jsonl"
-    grid_wall = (sum(rec["wall_time"] for rec in map(json.loads, log.read_text().splitlines())
-                     if rec.get("command", "").endswith("run") or "pipeline run" in rec.get("command", ""))
-                 if log.exists() else np.nan)
+    grid_wall = grid_wall_time(Path(args.grid))
     print(f"cells: {len(both)}; criterion {cfg.search.criterion} at eps'={cfg.search.eps:g}, target rate "
           f"{1 - cfg.delta_fail:g}, seeds {len(cfg.seeds.init)}")
     print(f"same m* as the grid: {same:.1%} of cells; within one grid step: {(both['steps_apart'] <= 1).mean():.1%}; "

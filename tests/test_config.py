@@ -1,3 +1,4 @@
+import pydantic
 import pytest
 
 from pipeline.config import ConfigError, eval_d, load_config, parse_config
@@ -8,7 +9,7 @@ def test_tiny_config_is_valid_and_frozen():
     cfg = parse_config(tiny_dict())
     assert cfg.seeds.init == [0, 1, 2]
     assert cfg.d_of(4, 1) == 5
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         cfg.name = "other"
 
 

@@ -63,7 +63,7 @@ def test_truncated_file_is_quarantined(one_task, tmp_path):
     good = tmp_path / "runs" / f"{task.task_id}.parquet"
     bad = tmp_path / "runs" / "truncated.parquet"
     bad.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(Exception):
+    with pytest.raises(pa.ArrowInvalid):
         pq.read_metadata(bad)
     moved = quarantine_corrupt(tmp_path)
     assert [p.name for p in moved] == ["truncated.parquet"]

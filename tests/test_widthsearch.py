@@ -88,8 +88,6 @@ def test_noisy_success_matches_grid_mostly_and_escalates():
         grid = grid_threshold(widths, range(8), succeeds, 0.875)
         if res["censored"] == "below":
             res["m_star"] = widths[0]
-        if grid == widths[0]:
-            grid = widths[0]
         agree += res["m_star"] == grid
         if res["m_star"] is not None and grid is not None:
             close += abs(math.log2(res["m_star"]) - math.log2(grid)) <= 1
