@@ -45,6 +45,16 @@ def run_id_of_record(record: dict) -> str:
     return run_id(cell, TrainConfig(**{f: value(f) for f in TRAINING_COLUMNS}), value("seed"))
 
 
+def task_of_record(record: dict) -> "TaskSpec":
+    """The task that trained a runs-table row, re-made from what the row records (its cell, its
+    settings, the seeds of its batch, ``batch_seeds``): executing it again on the same device and
+    commit gives the same numbers bit for bit (in float32 a run depends on its batch)."""
+    cell = Cell(**{f: record[f] for f in CELL_COLUMNS if f != "seed"})
+    train = TrainConfig(**{f: record[f] for f in TRAINING_COLUMNS})
+    return TaskSpec(cell=cell, train=train, seeds=tuple(json.loads(record["batch_seeds"])), sweep=record["sweep"],
+                    delta_fail=record["delta_fail"])
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What one Ray task trains: ``seeds`` of one cell as one batch, with one training setting."""
