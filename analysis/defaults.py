@@ -7,6 +7,8 @@ override per call.
 
 from __future__ import annotations
 
+from pipeline.schema import TRAINING_COLUMNS
+
 # A threshold is a function of these (MATH.md: ``m*(n, k, delta_1, bias)``; ``delta`` is the
 # requested separation, the sweep's control variable).
 THRESHOLD_KEYS = ("n", "k", "delta", "bias")
@@ -23,9 +25,10 @@ STOPPED_AT_EPS = "converged"
 EPS_GRID = (1e-2, 1e-3, 1e-4, 1e-6)
 
 # Runs that share a cell must have been trained the same way; pooling a frozen-pattern
-# control with ReLU runs (or two targets, dimensions, dtypes) would silently mix
-# different experiments.
-HOMOGENEOUS_COLUMNS = ("mode", "target", "d", "dtype", "t_max", "t_unit")
+# control with ReLU runs (or two targets, dimensions, dtypes, step sizes, horizons) would
+# silently mix different experiments. Every training setting counts, except ``check_every``
+# (the measurements do not depend on it) and ``eps`` (judged by ``check_judgeable``).
+HOMOGENEOUS_COLUMNS = ("target", "d", "delta_2", *(c for c in TRAINING_COLUMNS if c not in ("check_every", "eps")))
 
 # Censoring of a threshold (analysis.thresholds, and the width search's answer).
 NOT_CENSORED = "none"

@@ -33,9 +33,8 @@ def _spectrum(n, d, k, delta, bias, target, delta_2, data_seed) -> tuple[float, 
     return ev[0].item(), ev[-1].item()
 
 
-def run_flops(cfg: SweepConfig, cell) -> tuple[float, int]:
-    """Upper bound on one run's FLOPs, and its number of steps."""
-    tr = cfg.training
+def run_flops(cell, tr) -> tuple[float, int]:
+    """Upper bound on one run's FLOPs (training settings ``tr``), and its number of steps."""
     lam_star, lam_max = _spectrum(cell.n, cell.d, cell.k, cell.delta, cell.bias, cell.target, cell.delta_2,
                                   cell.data_seed)
     t_budget = tr.t_max / lam_star if tr.t_unit == "lambda_star" else tr.t_max
@@ -64,12 +63,12 @@ def measured_cpu_flops(threads: int) -> float:
 
 def estimate_lines(cfg: SweepConfig, out) -> list[str]:
     tasks, total = plan(cfg)
-    cell_list = cells(cfg)
-    per_cell = {c: run_flops(cfg, c) for c in cell_list}
+    cell_list = [(c, t) for c in cells(cfg) for t in cfg.training_variants()]
+    per_cell = {(c, t): run_flops(c, t) for c, t in cell_list}
     seeds = len(cfg.seeds.init)
     flops = sum(f for f, _ in per_cell.values()) * seeds
     steps = sum(s for _, s in per_cell.values()) * seeds
-    task_steps = sum(per_cell[t.cell][1] for t in tasks)  # a task steps all its replicas at once
+    task_steps = sum(per_cell[t.cell, t.train][1] for t in tasks)  # a task steps all its replicas at once
     gpu_seconds = flops / GPU_FLOPS + task_steps * GPU_STEP_LATENCY
     biggest = max(per_cell, key=lambda c: per_cell[c][0])
     threads = max(1, int(cfg.resources.num_cpus))
@@ -81,7 +80,7 @@ def estimate_lines(cfg: SweepConfig, out) -> list[str]:
         f"tasks: {len(tasks)} ({cfg.resources.num_cpus:g} CPU, {cfg.resources.num_gpus:g} GPU each; "
         f"replicas per task: {cfg.resources.replicas_per_task})",
         f"gradient steps: at most {steps:.3g} in all; work at most {flops:.3g} FLOPs "
-        f"(largest cell {biggest.label()}: {per_cell[biggest][0] * seeds:.3g} FLOPs, {per_cell[biggest][1]} steps/run)",
+        f"(largest cell {biggest[0].label()}: {per_cell[biggest][0] * seeds:.3g} FLOPs, {per_cell[biggest][1]} steps/run)",
         f"time at this machine's measured {cpu / 1e9:.1f} GFLOP/s ({threads} threads): at most "
         f"{flops / cpu / 3600:.3g} task-hours; on GPUs at an assumed {GPU_FLOPS / 1e12:.0f} TFLOP/s and "
         f"{GPU_STEP_LATENCY * 1e6:.0f} us per task step: at most {gpu_seconds / 3600:.3g} GPU-hours "

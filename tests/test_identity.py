@@ -2,10 +2,8 @@
 results directory and every resume (checked on a directory written by the code before the
 settings were defined once: tests/fixtures/results_v1, from tests/fixtures/results_v1.yaml)."""
 
-import dataclasses
 import shutil
 import sys
-import typing
 from pathlib import Path
 
 import pytest
@@ -91,8 +89,21 @@ other = parse_config(data)
 assert other.training_variants()[0].warmup == 0.5
 ids = {{r for t in plan(other)[0] for r in t.run_ids}}
 assert ids.isdisjoint({{r for t in plan(cfg)[0] for r in t.run_ids}}), "a non-default value is another run"
-rec = execute(plan(other)[0][0])["runs"][0]
+result = execute(plan(other)[0][0])
+rec = result["runs"][0]
 assert rec["warmup"] == 0.5 and seen == [0.5] and run_id_of_record(rec) == rec["run_id"]
+from pipeline.results import read_table, write_task
+from pathlib import Path
+out = Path("{tmp_path}")
+write_task(out, "t", result["runs"], result["curves"])
+assert read_table(out, "runs").column("warmup").to_pylist() == [0.5] * len(result["runs"])
+from pipeline.tracking import Tracker
+from mlflow.tracking import MlflowClient
+uri = "sqlite:///{tmp_path}/mlflow.db"
+tracker = Tracker(uri, "warmup", "warmup", "test", params={{}})
+tracker.log(result["runs"], result["curves"])
+child = MlflowClient(uri).search_runs([tracker.experiment_id], "tags.kind = 'run'")[0]
+assert child.data.params["warmup"] == "0.5"
 print("ok")
 '''
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
