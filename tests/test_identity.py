@@ -95,6 +95,8 @@ assert rec["warmup"] == 0.5 and seen == [0.5] and run_id_of_record(rec) == rec["
 from pipeline.results import read_table, write_task
 from pathlib import Path
 out = Path("{tmp_path}")
+for t in ("runs", "curves"):
+    (out / t).mkdir()
 write_task(out, "t", result["runs"], result["curves"])
 assert read_table(out, "runs").column("warmup").to_pylist() == [0.5] * len(result["runs"])
 from pipeline.tracking import Tracker
