@@ -17,12 +17,15 @@ import pyarrow.dataset as ds
 # Columns the analysis functions use, plus those a notebook needs to tell runs apart; the
 # loaders read these unless told otherwise.
 RUN_COLUMNS = (
-    "run_id", "sweep", "n", "k", "d", "m", "delta", "bias", "target", "data_seed", "seed", "mode",
-    "eps", "t_max", "t_unit", "step_factor", "dtype", "status", "min_rel_loss", "final_rel_loss", "decay_rate",
-    "rate_ratio", "lambda_min_H0", "min_lambda_ratio", "max_weight_move", "flip_fraction",
-    "bound_held", "lambda_held", "lambda_star", "m_thm", "prop1_bound",
+    "run_id", "sweep", "n", "k", "d", "m", "delta", "bias", "target", "delta_2", "data_seed", "seed", "mode",
+    "eps", "t_max", "t_unit", "max_steps", "step_factor", "checkpoints_per_decade", "divergence_factor", "dtype",
+    "status", "stopped_by", "steps", "t", "min_rel_loss", "final_rel_loss", "value_rel_final", "deriv_rel_final",
+    "decay_rate", "rate_ratio", "lambda_min_H0", "min_lambda_ratio", "max_weight_move", "flip_fraction",
+    "bound_held", "lambda_held", "bound_violation_t", "flips_gross_total", "flips_net_total", "lambda_star",
+    "m_thm", "prop1_bound",
 )
-CURVE_COLUMNS = ("run_id", "step", "t", "rel_loss", "bound_held", "lambda_min")
+CURVE_COLUMNS = ("run_id", "step", "t", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel",
+                 "bound_held", "lambda_min")
 
 
 class MissingColumnError(ValueError):

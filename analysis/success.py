@@ -164,7 +164,7 @@ def regime_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.S
     """
     check_judgeable(runs, eps)
     require_columns(runs, ["run_id", "lambda_star"], "runs")
-    per_step = "bound_violation_t" in runs.columns
+    per_step = "bound_violation_t" in runs.columns and runs["bound_violation_t"].notna().any()
     extra = ["lambda_star", "bound_violation_t"] if per_step else ["lambda_star"]
     c = _checkpoints(runs, curves, ["t"] * per_step + ["rel_loss", "bound_held", "lambda_min"], extra)
     reached = (c["rel_loss"] <= eps).astype(int)

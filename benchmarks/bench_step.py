@@ -26,7 +26,7 @@ from torch.func import grad_and_value, jacrev, vmap
 
 from sobolev import Params, TrainConfig, gram, init_params, loss_and_grad, make_problem
 from sobolev.problem import effective_data
-from sobolev.train import _Workspace
+from sobolev.train import Data, LoopState, ReluPatterns, Workspace, signed_pattern
 
 CPU_SHAPES = [(32, 16, 4, m, R) for m in (1024, 8192) for R in (1, 16)]  # (n, d, k, m, R)
 CUDA_SHAPES = CPU_SHAPES + [(64, 32, 4, 8192, 256)]
@@ -63,26 +63,42 @@ class Project(Impl):
 
     name = "project (train hot loop)"
 
-    def __init__(self, s: Setup):
+    def __init__(self, s: Setup, count_flips: bool = True):
         R, m = s.params.R, s.params.m
         dev, dt = s.X.device, s.X.dtype
-        self.ws = _Workspace(R, m, s.X, s.V, s.y, s.h, frozen=False)
-        self.T = dict(W=s.params.W.clone(), a=s.params.a.clone(), live=torch.ones(R, dtype=dt, device=dev),
-                      applied=torch.zeros(R, dtype=dt, device=dev),
-                      thr_eps=torch.zeros(R, dtype=dt, device=dev),
-                      thr_div=torch.full((R,), float("inf"), dtype=dt, device=dev))
+        data = Data.of(s.problem)
+        W, a = s.params.W.clone(), s.params.a.clone()
+        Aa0 = signed_pattern(W, a, data.XT, torch.empty(R, m, len(s.X), dtype=dt, device=dev))
+        self.ws = Workspace(R, data)
+        self.pattern = (ReluPatterns if count_flips else UncountedPatterns)(W, a, Aa0, data)
+        self.state = LoopState(W=W, a=a, live=torch.ones(R, dtype=dt, device=dev),
+                               applied=torch.zeros(R, dtype=dt, device=dev),
+                               loss_converged=torch.zeros(R, dtype=dt, device=dev),
+                               loss_diverged=torch.full((R,), float("inf"), dtype=dt, device=dev))
         self.eta = s.eta
 
     def W(self):
-        return self.T["W"]
+        return self.state.W
 
     def step(self):
-        return self.ws.run(self.T, self.eta, 1)[:, 0]
+        return self.ws.run(self.state, self.pattern, self.eta, 1)[:, 0]
 
     def run(self, n_steps: int) -> None:
         chunk = TrainConfig().check_every
         for i in range(0, n_steps, chunk):
-            self.ws.run(self.T, self.eta, min(chunk, n_steps - i))
+            self.ws.run(self.state, self.pattern, self.eta, min(chunk, n_steps - i))
+
+
+class UncountedPatterns(ReluPatterns):
+    """The relu pattern update without the per-step flip count: the bare step of
+    ``bench_loop.py``, against which the loop's per-step diagnostics are timed."""
+
+    def advance(self, keep: bool = False) -> None:
+        new = self.spare
+        torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
+        new.gt_(0).mul_(self.a3)
+        self.current, self.spare = new, self.current
+        self.current_T = new.transpose(1, 2)
 
 
 class Allocating(Impl):

@@ -70,7 +70,7 @@ pd.set_option("display.width", 200)
 pd.set_option("display.max_columns", 40)
 
 # %%
-EXTRA_RUN_COLUMNS = ("r0_sq", "max_H_drift", "flips_total", "jump_norm_total", "lin_dist_final", "regime_held")
+EXTRA_RUN_COLUMNS = ("r0_sq", "max_H_drift", "flips_net_total", "flips_gross_total", "jump_norm_total", "lin_dist_final", "regime_held")
 CURVE_COLUMNS = ("run_id", "step", "t", "rel_loss", "bound", "lambda_min", "H_drift", "lin_dist", "max_weight_move",
                  "flip_fraction", "jump_norm")
 

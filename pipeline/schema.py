@@ -102,10 +102,17 @@ def column_default(name: str):
     return _TRAINING_DEFAULTS.get(name, _CELL_DEFAULTS.get(name))
 
 
+# Columns renamed since results were first written: old name -> current name.
+RENAMED_COLUMNS = {"flips_total": "flips_net_total", "flips": "flips_net"}
+
+
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """``table`` with exactly ``schema``'s columns, in order: missing columns filled with
-    :func:`column_default`, present ones cast to their type (a column this version does not
-    know is dropped)."""
+    """``table`` with exactly ``schema``'s columns, in order: renamed columns under their current
+    name (:data:`RENAMED_COLUMNS`), missing columns filled with :func:`column_default`, present
+    ones cast to their type (a column this version does not know is dropped)."""
+    names = [RENAMED_COLUMNS.get(c, c) if RENAMED_COLUMNS.get(c) not in table.column_names else c
+             for c in table.column_names]
+    table = table.rename_columns(names)
     columns = []
     for field in schema:
         if field.name in table.column_names:

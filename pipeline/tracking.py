@@ -20,8 +20,8 @@ from .schema import CELL_COLUMNS, TRAINING_COLUMNS
 
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
 TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
-CURVE_METRICS = ("loss", "rel_loss", "e_sq", "S_sq", "lambda_min", "H_drift", "max_weight_move", "flip_fraction",
-                 "bound", "lin_dist", "flips", "jump_norm", "eta")
+CURVE_METRICS = ("loss", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel", "lambda_min", "H_drift",
+                 "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net", "jump_norm", "eta")
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 
 

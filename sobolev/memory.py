@@ -6,17 +6,19 @@ The model counts what ``sobolev.train`` allocates (``D = d + 1`` with bias, ``N 
 
 - the caller's weights ``W, a`` (and ``b``): ``s (m D + m)``;
 - held for the whole run: the trained ``W``, its start ``W0`` and the result ``out_W``
-  (``3 s m D``), ``a``, and the signed patterns ``a_r 1{w_r^T x_i > 0}`` of t = 0, of the
-  last check and of the current step (``3 s m n``; only the first in frozen mode, which
-  steps with it), plus ``H(0)``'s eigenvectors (``s N^2``) and O(n k d) buffers;
+  (``3 s m D``), ``a``, and the signed patterns ``a_r 1{w_r^T x_i > 0}`` of the current
+  step, of the previous step and of the last check, with the bool indicator of the bits
+  that changed (``3 s m n + m n``; in frozen mode only the pattern of t = 0, which it steps
+  with), plus ``H(0)``'s eigenvectors (``s N^2``) and O(n k d) buffers;
 - on top of that, the largest temporary: at a checkpoint the float64 ``H`` and the copy
   LAPACK works on (``16 N^2``), or ``W - W0`` and its row norms (``s m (D + 1)``; the bias
   network's result split back into ``W, b`` is as large).
 
-Activations are not stored per step (the hot loop reuses one pattern buffer) and nothing
+Activations are not stored per step (the hot loop reuses two pattern buffers) and nothing
 of size O(m) is copied when replicas stop, so there is no further term. The start, where
 ``H(0)`` is decomposed with eigenvectors (LAPACK's workspace, ``16 N^2`` once) before
-``W0`` and the other late buffers exist, is a second candidate for the peak.
+``W0``, the other two patterns and the other late buffers exist, is a second candidate for
+the peak.
 
 The counts are allocated bytes, which is what ``torch.cuda.max_memory_allocated`` reports
 (the CUDA context and library handles come on top). On the CPU the resident peak is up to
@@ -35,16 +37,17 @@ def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode
     """``(bytes per replica, bytes per task)`` at each candidate peak: the start, the run."""
     if mode not in MODES:
         raise ValueError(f"memory: mode={mode!r}: expected one of {MODES}")
-    if min(n, d, k, m) < 1:
-        raise ValueError(f"memory: need n, d, k, m >= 1, got n={n}, d={d}, k={k}, m={m}")
+    if min(n, d, m) < 1 or k < 0:
+        raise ValueError(f"memory: need n, d, m >= 1 and k >= 0, got n={n}, d={d}, k={k}, m={m}")
     s = torch.empty((), dtype=dtype).element_size()
     D, N, c = d + int(bias), n * (k + 1), k + 1
-    relu = mode == "relu"  # frozen mode steps with the pattern of t = 0: no two more patterns
+    relu = mode == "relu"  # frozen mode steps with the pattern of t = 0: no more patterns
     inputs = s * (m * D + m)
-    # held from the start: W, a, Aa0 (and the workspace's pattern), s0, r(0), the small buffers
-    early = s * (m * D + m + (2 if relu else 1) * m * n + n * n + 2 * N + 2 * n * D + 2 * n * c + check_every + 1)
-    # held once H(0) is decomposed: W0, out_W (and the last check's pattern), Q0, lam0, c0, flags
-    late = s * (2 * m * D + (m * n if relu else 0) + N * N + 2 * N + 4)
+    # held from the start: W, a, the pattern of t = 0, s0, r(0), the small buffers
+    early = s * (m * D + m + m * n + n * n + 2 * N + 2 * n * D + 2 * n * c + check_every + 1)
+    # held once H(0) is decomposed: W0, out_W (and the spare and snapshot patterns with the
+    # bool indicator of changed bits), Q0, lam0, c0, flags and counters
+    late = s * (2 * m * D + N * N + 2 * N + 4) + (2 * s * m * n + m * n if relu else 0) + 8 * 4
     data = s * 4 * n * D * (c + 1)  # X, V, their stacked copies, targets
     start = (inputs + early + 16 * N * N, data + 16 * N * N)
     run = (inputs + early + late + max(16 * N * N, s * m * (D + 1)), data)

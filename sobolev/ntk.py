@@ -44,14 +44,21 @@ def gram(params: Params, problem: Problem) -> torch.Tensor:
 
 
 def arccos_kernel(X: torch.Tensor) -> torch.Tensor:
-    """``kappa_ij = (pi - arccos(x_i^T x_j)) / (2 pi)`` (n, n)."""
-    c = (X @ X.T).clamp(-1.0, 1.0)
-    return (math.pi - torch.arccos(c)) / (2 * math.pi)
+    """``kappa_ij = (pi - theta_ij) / (2 pi)`` (n, n) for unit rows, ``theta_ij`` their angle.
+
+    ``pi - theta = 2 atan2(||x_i + x_j||, ||x_i - x_j||)`` (half-angle formulas), so
+    ``kappa_ij = atan2(||x_i + x_j||, ||x_i - x_j||) / pi``: accurate to rounding at every
+    angle, where ``arccos(x_i^T x_j)`` loses half the digits for nearly equal or nearly
+    opposite points (its derivative is infinite at +-1); ``kappa_ii = 1/2`` exactly."""
+    plus = torch.linalg.vector_norm(X[:, None, :] + X[None, :, :], dim=-1)
+    minus = torch.linalg.vector_norm(X[:, None, :] - X[None, :, :], dim=-1)
+    return torch.atan2(plus, minus) / math.pi
 
 
 def gram_infinite(problem: Problem) -> torch.Tensor:
     """``H^inf = E_w[H]`` (n(k+1), n(k+1)), by the arc-cosine closed form
-    (on augmented inputs for the bias network)."""
+    (on augmented inputs for the bias network). For k = 0 (values only) this is Du et al.'s
+    ``H^inf_ij = x_i^T x_j (pi - arccos(x_i^T x_j)) / (2 pi)``."""
     X, V, _, _, _ = effective_data(problem)
     return expand_kernel(arccos_kernel(X), X, V)
 

@@ -17,8 +17,12 @@ TARGETS = ("random", "teacher")
 
 
 def alpha_beta(k: int) -> tuple[float, float]:
-    """The bias network's input scales: ``alpha = 1/(2k)``, ``beta = sqrt(1 - alpha^2)``."""
-    alpha = 1.0 / (2 * k)
+    """The bias network's input scales: ``alpha = 1/(2k)``, ``beta = sqrt(1 - alpha^2)``.
+
+    For k = 0 (values only, no derivative residual to rescale) ``alpha = 1/2`` as for k = 1:
+    the paper's choice keeps ``k alpha <= 1/2``, which any alpha satisfies at k = 0, and 1/2
+    keeps the augmented inputs' geometry continuous in k."""
+    alpha = 1.0 / (2 * max(k, 1))
     return alpha, math.sqrt(1.0 - alpha * alpha)
 
 
@@ -30,6 +34,7 @@ def _unit_tol(dtype: torch.dtype) -> float:
 class Problem:
     """Data of one instance: ``x`` (n, d) unit rows, ``V`` (n, d, k) orthonormal
     frames, targets ``y`` (n,) and ``h`` (n, k); ``bias`` selects the network variant.
+    ``k = 0`` (``V`` (n, d, 0), ``h`` (n, 0)) is plain L2 training of the values.
 
     Built by :func:`make_problem` or directly from user tensors (validated here).
     """
@@ -52,8 +57,8 @@ class Problem:
         if V.ndim != 3 or V.shape[:2] != (n, d):
             raise ValueError(f"Problem.V: expected shape (n, d, k) = ({n}, {d}, k), got {tuple(V.shape)}")
         k = V.shape[2]
-        if not 1 <= k < d:
-            raise ValueError(f"Problem.V: need 1 <= k < d, got k={k}, d={d}")
+        if not 0 <= k < d:
+            raise ValueError(f"Problem.V: need 0 <= k < d, got k={k}, d={d}")
         if y.shape != (n,):
             raise ValueError(f"Problem.y: expected shape ({n},), got {tuple(y.shape)}")
         if h.shape != (n, k):
@@ -67,7 +72,8 @@ class Problem:
         if norm_err > tol:
             raise ValueError(f"Problem.x: rows must have unit norm (max deviation {norm_err:.2e} > {tol:.0e}); normalise x")
         Vd = V.double()
-        gram_err = (Vd.transpose(1, 2) @ Vd - torch.eye(k, dtype=torch.float64, device=V.device)).abs().max().item()
+        eye = torch.eye(k, dtype=torch.float64, device=V.device)
+        gram_err = (Vd.transpose(1, 2) @ Vd - eye).abs().amax().item() if k else 0.0
         if gram_err > tol * 10:
             raise ValueError(f"Problem.V: frames V_i must have orthonormal columns (max |V^T V - I| = {gram_err:.2e}); orthonormalise them (e.g. torch.linalg.qr)")
         for name, t in (("x", x), ("V", V), ("y", y), ("h", h)):
@@ -102,6 +108,8 @@ class Problem:
     @property
     def delta_2(self) -> float:
         """``max_{i,j} |v_ij^T x_i|``."""
+        if self.k == 0:
+            return 0.0
         return torch.einsum("nd,ndk->nk", self.x.double(), self.V.double()).abs().max().item()
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Problem":
@@ -192,6 +200,8 @@ def _place_points(n: int, d: int, delta: float, bias: bool, gen: torch.Generator
 def _frames(x: torch.Tensor, k: int, delta_2: float, gen: torch.Generator) -> torch.Tensor:
     """Orthonormal ``V_i`` (d, k) with ``v_ij^T x_i = +-delta_2`` for every column."""
     n, d = x.shape
+    if k == 0:
+        return torch.zeros(n, d, 0, dtype=torch.float64)
     Z = torch.randn(n, d, k, generator=gen, dtype=torch.float64)
     Z = Z - x[:, :, None] * torch.einsum("nd,ndk->nk", x, Z)[:, None, :]
     U, _ = torch.linalg.qr(Z)  # orthonormal, orthogonal to x_i
@@ -232,8 +242,8 @@ def make_problem(n: int, d: int, k: int, delta: float, *, bias: bool = False, ta
     """
     if n < 2:
         raise ValueError(f"n={n}: need at least 2 points")
-    if k < 1:
-        raise ValueError(f"k={k}: need at least one direction")
+    if k < 0:
+        raise ValueError(f"k={k}: need k >= 0 directions (0: plain L2 training of the values)")
     if k >= d:
         raise ValueError(f"k={k}: need k < d={d} (directions orthogonal to the point); raise d or lower k")
     if not delta > 0:
@@ -242,7 +252,7 @@ def make_problem(n: int, d: int, k: int, delta: float, *, bias: bool = False, ta
     if delta > limit:
         raise ValueError(f"delta={delta}: {n} points in d={d} dimensions allow at most {limit:.6g} "
                          f"({'Assumption 2' if bias else 'Assumption 1, distance to +-x_j'}); lower delta or raise d")
-    if not 0 <= delta_2 < 1 / k:
+    if not 0 <= delta_2 < (1 / k if k else math.inf):
         raise ValueError(f"delta_2={delta_2}: need 0 <= delta_2 < 1/k = {1 / k:.6g}")
     if target not in TARGETS:
         raise ValueError(f"target={target!r}: expected one of {TARGETS}")

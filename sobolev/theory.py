@@ -1,5 +1,9 @@
-"""The theory's bounds (MATH.md, "The results to test"). Constants the paper's copy
-leaves unreadable are parameters (``C``), exponents are named parameters."""
+"""The theory's bounds (docs/MATH.md, "The results to test").
+
+Every bound of the paper is an order statement (``Omega``, ``>~``): the constant it hides is
+unknown, so these functions return the expression with a constant ``C`` (default 1) and
+any comparison with measured widths is one of scalings, not of values. Exponents the
+paper's copy leaves illegible are named parameters."""
 
 from __future__ import annotations
 
@@ -29,22 +33,34 @@ def gamma(y, h, *, bias: bool, k: int) -> float:
 
 
 def m_thm(n: int, k: int, gamma: float, lambda_star: float, delta_fail: float, *, p: float = 6.0,
-          q: float = 3.0, gamma_exp: float = 2.0, lambda_exp: float = 4.0, delta_exp: float = 2.0,
+          q: float = 3.0, gamma_exp: float = 2.0, lambda_exp: float = 4.0, delta_exp: float = 3.0,
           C: float = 1.0) -> float:
-    """Theorems 1/2: ``m = C n^p k^q gamma^2 / (lambda_*^4 delta^2)`` (defaults as in Theorem 1;
-    Theorem 2's exponent of k is not legible in our copy: pass ``q``)."""
+    """Theorems 1/2: ``m = Omega(n^p k^q gamma^2 / (lambda_*^4 delta^3))``, returned with the
+    unknown constant of ``Omega`` set to ``C``.
+
+    ``delta^3`` as in Du et al. (2019), whose proof the paper follows (Markov's inequality
+    enters for the weight radius and for ``||H(t) - H(0)||_F``); the paper's copy is illegible
+    there. Theorem 2's exponent of k is not legible either: pass ``q``. For k = 0 (plain L2
+    training) this is Du et al.'s ``n^p / (lambda_*^4 delta^3)``: no k factor and no gamma
+    (their targets are O(1) per point)."""
+    if k == 0:
+        return C * n**p / (lambda_star**lambda_exp * delta_fail**delta_exp)
     return C * n**p * k**q * gamma**gamma_exp / (lambda_star**lambda_exp * delta_fail**delta_exp)
 
 
-def m_lemma2(n: int, k: int, lambda_star: float, delta_fail: float, *, C: float = 1.0) -> float:
-    """Lemma 2: ``m >~ n(k+1) ln(n(k+1)/delta) / lambda_*^2`` gives ``lambda_min(H(0)) >= 3/4 lambda_*``."""
+def m_lemma2(n: int, k: int, lambda_star: float, delta_fail: float, *, c: float = 1.0, C: float = 1.0) -> float:
+    """Lemma 2: ``m >~ n(k+1) ln(n(k+1)/delta) / lambda_*^c`` gives ``lambda_min(H(0)) >= 3/4 lambda_*``
+    with probability ``1 - delta``. The exponent is illegible in the paper's copy; a
+    matrix-Chernoff argument with per-neuron norm ``n(k+1)/m`` gives ``c = 1`` (the default).
+    ``C`` stands for the unknown constant of ``>~``."""
     N = n * (k + 1)
-    return C * N * math.log(N / delta_fail) / lambda_star**2
+    return C * N * math.log(N / delta_fail) / lambda_star**c
 
 
 def weight_radius(n: int, k: int, r0_norm: float, m: int, lambda_star: float, *, C: float = 1.0) -> float:
-    """Lemma 4's radius ``R ~ sqrt(n k) ||r(0)|| / (sqrt(m) lambda_*)`` (constant unreadable)."""
-    return C * math.sqrt(n * k) * r0_norm / (math.sqrt(m) * lambda_star)
+    """Lemma 4's radius ``R ~ sqrt(n k) ||r(0)|| / (sqrt(m) lambda_*)`` (constant unknown:
+    ``C``); for k = 0 Du et al.'s ``sqrt(n) ||r(0)|| / (sqrt(m) lambda_*)``."""
+    return C * math.sqrt(n * max(k, 1)) * r0_norm / (math.sqrt(m) * lambda_star)
 
 
 def bound_trajectory(t, lambda_star: float, r0_sq: float):

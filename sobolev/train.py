@@ -2,20 +2,25 @@
 
 The hot loop runs three GEMMs per step (pre-activations, input gradients, weight
 gradient) and a few O(R n k d) operations on preallocated buffers, with no
-host-device synchronisation: per-step losses go to a device buffer that is read
-every ``check_every`` steps, where the stopping rules are applied. Diagnostics that
-build ``H`` (O(n^2 k^2 m)) run only at log-spaced checkpoints and at each replica's
-stop. Nothing of size O(m) is copied while training (``sobolev.memory`` counts what
-is allocated).
+host-device synchronisation: per-step losses go to a device buffer and per-step
+pattern flips to a device counter, both read every ``check_every`` steps, where the
+stopping rules and the per-step diagnostics (bound violation, interval extremes of
+the loss) are applied. Diagnostics that build ``H`` (O(n^2 k^2 m)) run only at
+log-spaced checkpoints and at each replica's stop. Nothing of size O(m) is copied
+while training (``sobolev.memory`` counts what is allocated).
 
-Modes: ``relu`` is the true dynamics; ``frozen`` keeps the activation patterns of
-t = 0 (the linearised, NTK model), whose residual follows ``(I - eta H(0))^s r(0)``.
+Modes (``PatternRule``): ``relu`` is the true dynamics; ``frozen`` keeps the activation
+patterns of t = 0 (the linearised, NTK model), whose residual follows
+``(I - eta H(0))^s r(0)``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import math
+import typing
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -27,51 +32,79 @@ from .ntk import expand_kernel
 from .ntk import lambda_star as _lambda_star
 from .problem import Problem, effective_data
 
-MODES = ("relu", "frozen")
+Mode = Literal["relu", "frozen"]
+TimeUnit = Literal["lambda_star", "absolute"]
+DType = Literal["float32", "float64"]
+MODES: tuple[str, ...] = typing.get_args(Mode)
 STATUSES = ("converged", "budget", "diverged")
+
+
+def _setting(default, doc: str):
+    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Settings of one training call.
+    """Settings of one training call: the single definition of each setting, its type and
+    its default (``train_config_fields`` lists them). Integers must be >= 1, floats positive
+    and finite, choices one of their ``Literal`` values."""
 
-    ``t_max`` is the flow-time budget, in units of ``1/lambda_*`` when
-    ``t_unit='lambda_star'`` (so that budgets are comparable across instances) or
-    absolute when ``t_unit='absolute'``. The step of replica j is
-    ``eta_j = step_factor / lambda_max(H_j)``, refreshed at every checkpoint.
-    """
-
-    mode: Literal["relu", "frozen"] = "relu"
-    eps: float = 1e-6
-    t_max: float = 12.0
-    t_unit: Literal["lambda_star", "absolute"] = "lambda_star"
-    max_steps: int = 100_000
-    step_factor: float = 1.0
-    check_every: int = 16
-    checkpoints_per_decade: int = 8
-    divergence_factor: float = 1e6
-    dtype: Literal["float32", "float64"] = "float32"
+    mode: Mode = _setting("relu", "activation patterns: 'relu' recomputes them every step (the true "
+                                  "dynamics), 'frozen' keeps those of t = 0 (the linearised NTK model)")
+    eps: float = _setting(1e-6, "a replica converges (and stops) at relative loss L(t)/L(0) <= eps")
+    t_max: float = _setting(12.0, "flow-time budget, in units of t_unit")
+    t_unit: TimeUnit = _setting("lambda_star", "unit of t_max: 'lambda_star' (1/lambda_*, comparable across "
+                                               "instances) or 'absolute' flow time")
+    max_steps: int = _setting(100_000, "step budget per replica")
+    step_factor: float = _setting(1.0, "step size eta = step_factor / lambda_max(H(t)), refreshed at checkpoints")
+    check_every: int = _setting(16, "steps between host reads of the device buffers (stopping rules); "
+                                    "changes only the net flip counts, no trajectory")
+    checkpoints_per_decade: int = _setting(8, "log-spaced checkpoints (rows of the curves) per decade of steps")
+    divergence_factor: float = _setting(1e6, "a replica diverges (and stops) at loss > divergence_factor * L(0)")
+    dtype: DType = _setting("float32", "working dtype: train casts the problem and the weights to it")
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"TrainConfig.mode={self.mode!r}: expected one of {MODES}")
-        if self.t_unit not in ("lambda_star", "absolute"):
-            raise ValueError(f"TrainConfig.t_unit={self.t_unit!r}: expected 'lambda_star' or 'absolute'")
-        for name in ("eps", "t_max", "step_factor", "divergence_factor"):
-            v = getattr(self, name)
-            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-                raise ValueError(f"TrainConfig.{name}={v!r}: must be a positive finite number")
+        for name, (kind, _, _) in train_config_fields().items():
+            object.__setattr__(self, name, _validated(name, kind, getattr(self, name)))
         if self.eps >= 1:
             raise ValueError(f"TrainConfig.eps={self.eps!r}: a relative loss tolerance must be < 1")
         if self.divergence_factor <= 1:
             raise ValueError(f"TrainConfig.divergence_factor={self.divergence_factor!r}: must be > 1")
-        for name in ("max_steps", "check_every", "checkpoints_per_decade"):
-            v = getattr(self, name)
-            if not (isinstance(v, int) and v >= 1):
-                raise ValueError(f"TrainConfig.{name}={v!r}: must be an integer >= 1")
 
     def flow_time_budget(self, lambda_star: float) -> float:
         return self.t_max / lambda_star if self.t_unit == "lambda_star" else self.t_max
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return getattr(torch, self.dtype)
+
+
+@functools.cache
+def _config_fields() -> tuple[tuple[str, tuple[object, object, str]], ...]:
+    hints = typing.get_type_hints(TrainConfig)
+    return tuple((f.name, (hints[f.name], f.default, f.metadata["doc"])) for f in dataclasses.fields(TrainConfig))
+
+
+def train_config_fields() -> dict[str, tuple[object, object, str]]:
+    """``name -> (type, default, doc)`` of every ``TrainConfig`` setting, in declaration order;
+    the type is ``int``, ``float`` or a ``typing.Literal`` of the allowed strings."""
+    return dict(_config_fields())
+
+
+def _validated(name: str, kind, value):
+    """``value`` checked against the setting's type (ints as int, floats as float)."""
+    if typing.get_origin(kind) is Literal:
+        if value not in typing.get_args(kind):
+            raise ValueError(f"TrainConfig.{name}={value!r}: expected one of {typing.get_args(kind)}")
+        return value
+    number = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    if kind is int:
+        if not (number and float(value).is_integer() and value >= 1):
+            raise ValueError(f"TrainConfig.{name}={value!r}: must be an integer >= 1")
+        return int(value)
+    if not (number and math.isfinite(value) and value > 0):
+        raise ValueError(f"TrainConfig.{name}={value!r}: must be a positive finite number")
+    return float(value)
 
 
 def checkpoint_steps(max_steps: int, per_decade: int) -> np.ndarray:
@@ -85,10 +118,34 @@ def checkpoint_steps(max_steps: int, per_decade: int) -> np.ndarray:
     return np.concatenate([[0], grid[grid <= max_steps]])
 
 
+# One place for the output columns and their Python types (the pipeline's Parquet schema).
+# Counts of pattern flips: "gross" sums the bits that changed between consecutive steps
+# (every step); "net" counts the bits that differ between the patterns of consecutive
+# checks (every check_every steps; back-and-forth flips within a check cancel).
+SUMMARY_FIELDS: dict[str, type] = {
+    "status": str, "stopped_by": str, "steps": int, "t": float, "steps_to_eps": int, "t_to_eps": float,
+    "final_rel_loss": float, "min_rel_loss": float, "value_rel_final": float, "deriv_rel_final": float,
+    "loss0": float, "r0_sq": float, "decay_rate": float, "rate_ratio": float, "lambda_min_H0": float,
+    "lambda_max_H0": float, "min_lambda_ratio": float, "max_weight_move": float, "flip_fraction": float,
+    "max_H_drift": float, "bound_held": bool, "lambda_held": bool, "regime_held": bool,
+    "bound_violation_step": int, "bound_violation_t": float, "flips_gross_total": int, "flips_net_total": int,
+    "jump_norm_total": float, "lin_dist_final": float,
+}
+CURVE_FIELDS: dict[str, type] = {
+    "replica": int, "step": int, "t": float, "eta": float, "loss": float, "rel_loss": float,
+    "rel_loss_interval_max": float, "rel_loss_interval_min": float, "e_sq": float, "S_sq": float,
+    "value_rel": float, "deriv_rel": float, "lambda_min": float, "lambda_max": float, "H_drift": float,
+    "max_weight_move": float, "flip_fraction": float, "bound": float, "bound_held": bool, "lin_dist": float,
+    "flips_gross": int, "flips_net": int, "jump_norm": float,
+}
+_NUMPY_TYPE = {int: np.int64, float: np.float64, bool: np.bool_, str: str}
+
+
 @dataclass(frozen=True, eq=False)
 class TrainResult:
-    """``summary``: one array (R,) per metric. ``curves``: long format, one row per
-    (replica, checkpoint), column ``replica`` indexes the batch. ``params``: final weights."""
+    """``summary``: one array (R,) per ``SUMMARY_FIELDS`` entry. ``curves``: long format, one
+    row per (replica, checkpoint), ``CURVE_FIELDS``; column ``replica`` indexes the batch.
+    ``params``: final weights, in the config's dtype."""
 
     summary: dict[str, np.ndarray]
     curves: dict[str, np.ndarray]
@@ -97,260 +154,600 @@ class TrainResult:
     config: TrainConfig = field(repr=False)
 
 
-# The columns of a run's summary and of its curves, with their types: the pipeline's
-# Parquet schema is derived from these (``pipeline.schema``).
-SUMMARY_FIELDS: dict[str, type] = dict(
-    status=str, stopped_by=str, steps=int, t=float, steps_to_eps=int, t_to_eps=float, final_rel_loss=float,
-    min_rel_loss=float, loss0=float, r0_sq=float, decay_rate=float, rate_ratio=float, lambda_min_H0=float,
-    lambda_max_H0=float, min_lambda_ratio=float, max_weight_move=float, flip_fraction=float, max_H_drift=float,
-    bound_held=bool, lambda_held=bool, regime_held=bool, flips_total=float, jump_norm_total=float,
-    lin_dist_final=float,
-)
-CURVE_FIELDS: dict[str, type] = dict(
-    replica=int, step=int, t=float, eta=float, loss=float, rel_loss=float, e_sq=float, S_sq=float,
-    lambda_min=float, lambda_max=float, H_drift=float, max_weight_move=float, flip_fraction=float, bound=float,
-    bound_held=bool, lin_dist=float, flips=float, jump_norm=float,
-)
+def bound_tolerance(dtype: torch.dtype) -> float:
+    """Relative slack of the check ``||r||^2 <= exp(-lambda_* t) ||r(0)||^2``: the loss is a sum
+    of n(k+1) rounded squares (float32: about 1e-7 relative each, summed pairwise), so 1e-5
+    (about 100 ulps) in float32 and 1e-12 in float64 separate a violation from rounding."""
+    return 1e-12 if dtype == torch.float64 else 1e-5
 
 
-class _Batch:
-    """Device state of the active replicas; rows are dropped as replicas stop."""
+# ---------------------------------------------------------------------------------------
+# State
 
-    def __init__(self, tensors: dict[str, torch.Tensor], host: dict[str, np.ndarray]):
-        self.t, self.h = tensors, host
 
-    def __len__(self) -> int:
-        return len(self.h["replica"])
-
-    def drop(self, stopped: np.ndarray) -> None:
-        """Drops the rows where ``stopped``, moving the last remaining rows into their places:
-        at most one row copy per stopped replica, and no temporary copy of the batch."""
-        order = np.flatnonzero(~stopped)
-        n_keep = len(order)
-        holes = np.flatnonzero(stopped[:n_keep])
-        movers = order[order >= n_keep]
+def _move_rows(state, holes: np.ndarray, movers: np.ndarray, n_keep: int, names: tuple[str, ...]) -> None:
+    """Drops rows of the tensors ``names`` of ``state``: the rows ``movers`` (from the end) go
+    into ``holes``, then every tensor is cut to ``n_keep`` rows; no copy of the batch."""
+    for name in names:
+        tensor = getattr(state, name)
         for dst, src in zip(holes, movers):
-            for v in self.t.values():
-                v[dst].copy_(v[src])
-        order = np.arange(n_keep)
-        order[holes] = movers
-        self.t = {k: v[:n_keep] for k, v in self.t.items()}
-        self.h = {k: v[order] for k, v in self.h.items()}
+            tensor[dst].copy_(tensor[src])
+        setattr(state, name, tensor[:n_keep])
+
+
+@dataclass(eq=False)
+class LoopState:
+    """What the hot loop reads and writes, one row per active replica: the trained weights,
+    the live flags (0 once stopped on the device), the count of applied steps, and the loss
+    thresholds of convergence and divergence."""
+
+    W: torch.Tensor  # (Ra, m, D)
+    a: torch.Tensor  # (Ra, m)
+    live: torch.Tensor  # (Ra,)
+    applied: torch.Tensor  # (Ra,)
+    loss_converged: torch.Tensor  # (Ra,) eps * L(0)
+    loss_diverged: torch.Tensor  # (Ra,) divergence_factor * L(0)
+
+    def drop(self, holes, movers, n_keep) -> None:
+        _move_rows(self, holes, movers, n_keep, tuple(f.name for f in dataclasses.fields(self)))
+
+
+@dataclass(eq=False)
+class StartState:
+    """Per-replica quantities of t = 0 that checkpoints compare against: the weights ``W0``,
+    the activation kernel ``s0`` (H(0) = expand(s0)), H(0)'s eigenvalues, eigenvectors and
+    the coordinates of r(0) in them (the linearised flow)."""
+
+    W0: torch.Tensor  # (Ra, m, D)
+    s0: torch.Tensor  # (Ra, n, n)
+    lam0: torch.Tensor  # (Ra, N)
+    Q0: torch.Tensor  # (Ra, N, N)
+    c0: torch.Tensor  # (Ra, N)
+
+    def drop(self, holes, movers, n_keep) -> None:
+        _move_rows(self, holes, movers, n_keep, tuple(f.name for f in dataclasses.fields(self)))
+
+
+@dataclass(eq=False)
+class HostState:
+    """Per-replica bookkeeping on the host, one row per replica (active, or stopped when it
+    is the record of the stops)."""
+
+    replica: np.ndarray
+    t: np.ndarray  # flow time reached
+    eta: np.ndarray  # current step size
+    r0_sq: np.ndarray  # ||r(0)||^2
+    e0_sq: np.ndarray  # ||e(0)||^2
+    S0_sq: np.ndarray  # ||S(0)||^2
+    applied: np.ndarray  # applied steps at the last read
+    last_row: np.ndarray  # step of the last checkpoint row (-1 before the first)
+    min_rel: np.ndarray  # smallest relative loss seen
+    fit: np.ndarray  # (R, 5) sums of the least-squares fit of log(rel loss) against t
+    interval_max: np.ndarray  # largest per-step relative loss since the last row
+    interval_min: np.ndarray  # smallest per-step relative loss since the last row
+    violation_step: np.ndarray  # first step with ||r||^2 above the bound (-1: none yet)
+    violation_t: np.ndarray  # its flow time (inf: none yet)
+    flips_net: np.ndarray  # net flips since the last row
+    jumps: np.ndarray  # jump norms since the last row
+    flips_net_total: np.ndarray
+    jumps_total: np.ndarray
+    flips_gross_at_row: np.ndarray  # the device's gross flip counter at the last row
+
+    @staticmethod
+    def start(r0_sq: np.ndarray, e0_sq: np.ndarray, S0_sq: np.ndarray, eta: np.ndarray) -> "HostState":
+        R = len(r0_sq)
+        zeros, zeros_int = np.zeros(R), np.zeros(R, dtype=np.int64)
+        return HostState(
+            replica=np.arange(R), t=np.zeros(R), eta=eta, r0_sq=r0_sq, e0_sq=e0_sq, S0_sq=S0_sq,
+            applied=zeros.copy(), last_row=np.full(R, -1, dtype=np.int64), min_rel=np.ones(R),
+            fit=np.zeros((R, 5)), interval_max=np.full(R, -np.inf), interval_min=np.full(R, np.inf),
+            violation_step=np.full(R, -1, dtype=np.int64), violation_t=np.full(R, np.inf),
+            flips_net=zeros_int.copy(), jumps=zeros.copy(), flips_net_total=zeros_int.copy(),
+            jumps_total=zeros.copy(), flips_gross_at_row=zeros_int.copy())
+
+    def take(self, index: np.ndarray) -> "HostState":
+        return HostState(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+
+    def put(self, index: np.ndarray, rows: "HostState") -> None:
+        for f in dataclasses.fields(self):
+            getattr(self, f.name)[index] = getattr(rows, f.name)
+
+
+@dataclass(eq=False)
+class Stops:
+    """What is known of each replica once it stops, indexed by replica."""
+
+    host: HostState
+    steps: np.ndarray
+    stopped_by: np.ndarray
+    eps_step: np.ndarray
+    eps_t: np.ndarray
+
+    @staticmethod
+    def empty(like: HostState) -> "Stops":
+        R = len(like.replica)
+        return Stops(host=like.take(np.arange(R)), steps=np.zeros(R, dtype=np.int64),
+                     stopped_by=np.empty(R, dtype=object), eps_step=np.full(R, -1, dtype=np.int64),
+                     eps_t=np.full(R, np.nan))
+
+
+@dataclass(frozen=True, eq=False)
+class Data:
+    """The effective (no-bias) data in the layouts the GEMMs want: ``X`` (n, D), ``V``
+    (n, D, k), targets, ``XT`` (D, n), ``XVT`` (n, k+1, D) (rows ``x_i, V_i^T``) and ``yh``
+    (n, k+1, 1) (``y_i, h_i``)."""
+
+    X: torch.Tensor
+    V: torch.Tensor
+    y: torch.Tensor
+    h: torch.Tensor
+    XT: torch.Tensor
+    XVT: torch.Tensor
+    yh: torch.Tensor
+
+    @staticmethod
+    def of(problem: Problem) -> "Data":
+        X, V, y, h, _ = effective_data(problem)
+        return Data(X=X, V=V, y=y, h=h, XT=X.T.contiguous(),
+                    XVT=torch.cat([X[:, None, :], V.transpose(1, 2)], dim=1),
+                    yh=torch.cat([y[:, None], h], dim=1)[..., None])
+
+    def residual(self, W: torch.Tensor, Aa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``e = y - f`` (R, n) and ``S = h - F`` (R, n, k) for signed pattern ``Aa``."""
+        G = Aa.transpose(1, 2) @ W
+        e = self.y - (G * self.X).sum(-1)  # f_i = sum_r a_r 1{.} w_r^T x_i = G_i^T x_i
+        return e, self.h - torch.einsum("rnD,nDk->rnk", G, self.V)
+
+
+def signed_pattern(W: torch.Tensor, a: torch.Tensor, XT: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``a_r 1{w_r^T x_i > 0}`` (R, m, n) for contiguous ``W``, written into ``out``: one GEMM
+    over all replicas' rows at once, then two in-place passes."""
+    torch.mm(W.view(-1, W.shape[2]), XT, out=out.view(-1, XT.shape[1]))
+    return out.gt_(0).mul_(a[..., None])
+
+
+# ---------------------------------------------------------------------------------------
+# Activation-pattern rules: what the step uses as a_r 1{w_r^T x_i > 0}
+
+
+class PatternRule:
+    """The signed activation pattern the step uses, and the flips it makes.
+
+    ``current`` holds the pattern of the current weights (its transpose ``current_T``);
+    ``advance`` is called after every weight update, on the device, and adds the bits that
+    changed to the per-replica counter ``flips_gross``. A new mode is a new subclass."""
+
+    moves = True  # the pattern (hence H(t)) changes with the weights
+    current: torch.Tensor
+    current_T: torch.Tensor
+    flips_gross: torch.Tensor  # (Ra,) float64 (exact integers), cumulative
+
+    def advance(self, keep: bool = False) -> None:
+        """After a weight update; ``keep``: the previous pattern is still needed (a check follows)."""
+        raise NotImplementedError
+
+    def net_since_check(self, W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Bits that differ from the last check's pattern, and the jump they put into the
+        derivative residual ``||V^T (A_now - A_then)^T W||``; the pattern becomes the snapshot."""
+        raise NotImplementedError
+
+    def flipped_from_start(self, start: StartState, a: torch.Tensor) -> torch.Tensor:
+        """Bits (R,) float64 that differ from the pattern of t = 0."""
+        raise NotImplementedError
+
+    def drop(self, holes, movers, n_keep) -> None:
+        raise NotImplementedError
+
+    def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
+        """Called when the batch's rows change (replicas dropped)."""
+        self.current_T = self.current.transpose(1, 2)
+
+
+class FrozenPatterns(PatternRule):
+    """The patterns of t = 0 throughout: nothing flips."""
+
+    moves = False
+
+    def __init__(self, Aa0: torch.Tensor):
+        self.current, self.current_T = Aa0, Aa0.transpose(1, 2)
+        self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
+
+    def advance(self, keep: bool = False) -> None:
+        pass
+
+    def net_since_check(self, W):
+        zeros = np.zeros(len(self.current))
+        return zeros.astype(np.int64), zeros
+
+    def flipped_from_start(self, start, a):
+        return torch.zeros(len(self.current), dtype=torch.float64, device=self.current.device)
+
+    def drop(self, holes, movers, n_keep) -> None:
+        _move_rows(self, holes, movers, n_keep, ("current", "flips_gross"))
+        self.current_T = self.current.transpose(1, 2)
+
+
+class ReluPatterns(PatternRule):
+    """The pattern of the current weights, recomputed after every step (the true dynamics).
+
+    Two pattern buffers trade places every step: the new pattern is computed next to the
+    previous one, which is then overwritten in place by the indicator of the bits that
+    changed (summed per replica: an exact count, < 2^24 in float32). On the last step before
+    a check the previous pattern is kept (the net count reads it) and the indicator goes to
+    a bool buffer instead. A third pattern is the snapshot of the last check (net flips)."""
+
+    def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
+        self.XT, self.V_rows = data.XT, data.XVT[:, 1:]
+        self.current, self.spare = Aa0, torch.empty_like(Aa0)
+        self.snapshot = Aa0.clone()
+        self.changed = torch.empty(Aa0.shape, dtype=torch.bool, device=Aa0.device)
+        # a float sum of 0/1 counts exactly while the count fits the mantissa
+        self.in_place = Aa0.dtype == torch.float64 or Aa0.shape[1] * Aa0.shape[2] <= 2**24
+        self.step_flips = torch.zeros(len(Aa0), dtype=Aa0.dtype, device=Aa0.device)
+        self.step_flips_kept = torch.zeros(len(Aa0), dtype=torch.int64, device=Aa0.device)
+        self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
+        self.bind(W, a)
+
+    def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
+        # views made once, not per step: the pattern GEMM over all replicas' rows
+        self.W2, self.a3 = W.view(-1, W.shape[2]), a[..., None]
+        self.current_T = self.current.transpose(1, 2)
+
+    def advance(self, keep: bool = False) -> None:
+        previous, new = self.current, self.spare
+        torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
+        new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
+        if keep or not self.in_place:
+            torch.sum(torch.ne(previous, new, out=self.changed), (1, 2), out=self.step_flips_kept)
+            self.flips_gross.add_(self.step_flips_kept)
+        else:
+            torch.sum(previous.ne_(new), (1, 2), out=self.step_flips)
+            self.flips_gross.add_(self.step_flips)
+        self.current, self.spare = new, previous
+        self.current_T = new.transpose(1, 2)
+
+    def net_since_check(self, W):
+        # the net count compares the pattern of the interval's last step start, P(W_{s-1}),
+        # with the previous check's: kept as it was recorded (the trajectory fixture)
+        last_used = self.spare
+        dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
+        dG = dA.transpose(1, 2) @ W  # (R, n, D)
+        jump = torch.bmm(self.V_rows, dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
+        flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1)  # counts <= m per point: exact
+        self.snapshot, self.spare = last_used, dA
+        return flips.cpu().numpy().astype(np.int64), jump.cpu().numpy()
+
+    def flipped_from_start(self, start, a):
+        Aa0 = signed_pattern(start.W0, a, self.XT, self.spare)  # the spare is free between steps
+        return torch.ne(self.current, Aa0, out=Aa0).sum(1).double().sum(1)  # counts <= m per point: exact
+
+    def drop(self, holes, movers, n_keep) -> None:
+        _move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
+        self.spare, self.changed = self.spare[:n_keep], self.changed[:n_keep]
+        self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
+
+
+# ---------------------------------------------------------------------------------------
+# The hot loop
+
+
+class Workspace:
+    """Preallocated buffers of the hot loop for ``Ra`` active replicas.
+
+    Per step: the input gradients ``G_i = grad_x f(x_i)`` (R, n, D) (one GEMM), then per
+    point ``(f_i, F_i) = G_i^T (x_i, V_i)`` and back ``u_i = (x_i, V_i) (e_i, dF_i)`` as GEMMs
+    batched over the n points, the weight gradient ``Aa u`` fused into the update (one GEMM),
+    and the pattern rule's update of the activation pattern (one GEMM in relu mode). The
+    per-point products are laid out (n, k+1, R), the orientation in which these small GEMMs
+    run at full speed.
+    """
+
+    def __init__(self, Ra: int, data: Data):
+        n, D = data.X.shape
+        k1 = data.XVT.shape[1]
+        dtype, device = data.X.dtype, data.X.device
+        self.Ra, self.data = Ra, data
+        self.G = torch.empty(Ra, n, D, dtype=dtype, device=device)
+        self.res = torch.empty(n, k1, Ra, dtype=dtype, device=device)
+        self.half_sq = torch.empty_like(self.res)
+        self.zero = torch.zeros((), dtype=dtype, device=device)
+        self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
+        self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
+        self.losses = torch.empty(0, Ra, dtype=dtype, device=device)  # (steps, Ra): rows contiguous
+
+    def run(self, state: LoopState, pattern: PatternRule, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
+        """``n_steps`` gradient steps of the live replicas; returns their losses (Ra, n_steps)
+        at the weights each step started from."""
+        if self.losses.shape[0] < n_steps:
+            self.losses = torch.empty(n_steps, self.Ra, dtype=self.G.dtype, device=self.G.device)
+        W, live, applied = state.W, state.live, state.applied
+        converged_at, diverged_at = state.loss_converged, state.loss_diverged
+        XVT, yh = self.data.XVT, self.data.yh
+        G, res, u, half_sq, eta_live, losses = self.G, self.res, self.u, self.half_sq, self.eta_live, self.losses
+        # views made once: the transposes the GEMMs read
+        GT, resT, uR = G.permute(1, 2, 0), res.transpose(1, 2), u.transpose(0, 1)
+        for j in range(n_steps):
+            torch.bmm(pattern.current_T, W, out=G)  # G_i = grad_x f(x_i)
+            torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
+            loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq), (0, 1), out=losses[j])
+            # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
+            live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
+            applied.add_(live)
+            res.mul_(torch.mul(eta, live, out=eta_live))
+            torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
+            W.baddbmm_(pattern.current, uR, alpha=-1)
+            pattern.advance(keep=j == n_steps - 1)
+        return self.losses[:n_steps].T
+
+
+# ---------------------------------------------------------------------------------------
+# The training run
 
 
 def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(), *,
           lambda_star: float | None = None) -> TrainResult:
     """Gradient descent from ``params`` on ``problem`` until each replica converges
-    (relative loss <= eps), exhausts its budget (flow time or steps) or diverges."""
+    (relative loss <= eps), exhausts its budget (flow time or steps) or diverges.
+
+    Runs in ``config.dtype``: the problem and the weights are cast to it (``.to``) when they
+    differ, and the result's weights are in it. ``lambda_star`` (default: computed from the
+    cast problem) sets the time unit and the bound."""
+    dtype = config.torch_dtype
+    if problem.dtype != dtype:
+        problem = problem.to(dtype=dtype)
+    if params.W.dtype != dtype:
+        params = Params(*(None if v is None else v.to(dtype) for v in (params.W, params.a, params.b)))
     _check(params, problem)
-    cfg = config
-    X, V, y, h, _ = effective_data(problem)
-    n, _, k = V.shape
-    R, m = params.R, params.m
-    dt = X.dtype
     lam_star = _lambda_star(problem) if lambda_star is None else float(lambda_star)
-    t_budget = cfg.flow_time_budget(lam_star)
-    frozen = cfg.mode == "frozen"
-    ws = _Workspace(R, m, X, V, y, h, frozen)
+    run = _Run(params, Data.of(problem), config, lam_star)
+    while run.active:
+        run.interval()
+    return run.result(params.a.clone(), problem.bias)
 
-    W = params.effective_W().clone()
-    a = params.a.clone()
-    Aa0 = _signed_pattern(W, a, ws.XT, torch.empty(R, m, n, dtype=dt, device=X.device))
-    s0 = Aa0.transpose(1, 2) @ Aa0
 
-    def residual(Wb, Aab):
-        G = Aab.transpose(1, 2) @ Wb
-        e = y - (G * X).sum(-1)  # f_i = sum_r a_r 1{.} w_r^T x_i = G_i^T x_i
-        S = h - torch.einsum("rnD,nDk->rnk", G, V)
-        return e, S
+class _Run:
+    """One call of ``train``: the batch's device and host state, and what it records."""
 
-    e0, S0 = residual(W, Aa0)
-    r0 = torch.cat([e0, S0.reshape(R, n * k)], dim=1)
-    lam0, Q0, c0 = _eigen_start(s0, r0, X, V)
-    r0_sq = r0.double().pow(2).sum(1).cpu().numpy()
-    if not np.all(r0_sq > 0):
-        raise ValueError("train: a replica starts with zero residual; nothing to fit")
-    lam0_np = lam0.cpu().numpy()
-    eta0 = cfg.step_factor / lam0_np[:, -1]
+    def __init__(self, params: Params, data: Data, cfg: TrainConfig, lam_star: float):
+        self.cfg, self.data, self.lam_star = cfg, data, lam_star
+        X, V = data.X, data.V
+        R, m, n = params.R, params.m, X.shape[0]
+        dtype, device = X.dtype, X.device
+        W, a = params.effective_W().clone(), params.a.clone()
+        Aa0 = signed_pattern(W, a, data.XT, torch.empty(R, m, n, dtype=dtype, device=device))
+        s0 = Aa0.transpose(1, 2) @ Aa0
+        e0, S0 = data.residual(W, Aa0)
+        r0 = torch.cat([e0, S0.reshape(R, -1)], dim=1)
+        lam0, Q0, c0 = _eigen_start(s0, r0, X, V)
+        r0_sq = r0.double().pow(2).sum(1).cpu().numpy()
+        if not np.all(r0_sq > 0):
+            raise ValueError("train: a replica starts with zero residual; nothing to fit")
+        self.lam0 = lam0.cpu().numpy()
+        loss0 = r0_sq / 2
+        on_device = lambda v: torch.as_tensor(v, dtype=dtype, device=device)  # noqa: E731
+        # lam0 copied even in float64: the batch moves its rows in place, self.lam0 must not follow
+        self.start = StartState(W0=W.clone(), s0=s0, lam0=lam0.to(dtype, copy=True), Q0=Q0, c0=c0)
+        self.loop = LoopState(W=W, a=a, live=torch.ones(R, dtype=dtype, device=device),
+                              applied=torch.zeros(R, dtype=dtype, device=device),
+                              loss_converged=on_device(cfg.eps * loss0),
+                              loss_diverged=on_device(cfg.divergence_factor * loss0))
+        self.pattern = FrozenPatterns(Aa0) if cfg.mode == "frozen" else ReluPatterns(W, a, Aa0, data)
+        self.host = HostState.start(r0_sq, e0.double().pow(2).sum(1).cpu().numpy(),
+                                    S0.double().pow(2).sum((1, 2)).cpu().numpy(), cfg.step_factor / self.lam0[:, -1])
+        self.stops = Stops.empty(self.host)
+        self.ws = Workspace(R, data)
+        self.out_W = torch.empty_like(W)
+        self.rows: list[dict[str, np.ndarray]] = []
+        self.schedule = checkpoint_steps(cfg.max_steps, cfg.checkpoints_per_decade)
+        self.checkpoints = set(self.schedule.tolist())
+        self.t_budget = cfg.flow_time_budget(lam_star)
+        self.tolerance = bound_tolerance(dtype)
+        self.step = 0
+        self.checkpoint(np.arange(R), np.zeros(R, dtype=np.int64))
 
-    loss0 = r0_sq / 2
-    # lam0 copied even in float64: the batch moves its rows in place, lam0_np must not follow
-    state = dict(W=W, W0=W.clone(), a=a, Aa0=Aa0, s0=s0, Q0=Q0, lam0=lam0.to(dt, copy=True), c0=c0,
-                 live=torch.ones(R, dtype=dt, device=X.device), applied=torch.zeros(R, dtype=dt, device=X.device),
-                 thr_eps=torch.as_tensor(cfg.eps * loss0, dtype=dt, device=X.device),
-                 thr_div=torch.as_tensor(cfg.divergence_factor * loss0, dtype=dt, device=X.device))
-    if not frozen:
-        state["Aa_snap"] = Aa0.clone()  # the pattern at the last check, for the flip accounting
-    batch = _Batch(
-        state,
-        dict(replica=np.arange(R), t=np.zeros(R), eta=eta0, r0_sq=r0_sq, applied=np.zeros(R),
-             last_row=np.full(R, -1, dtype=np.int64),
-             min_rel=np.ones(R), fit=np.zeros((R, 5)), flips=np.zeros(R), jumps=np.zeros(R),
-             flips_total=np.zeros(R), jumps_total=np.zeros(R)),
-    )
-    rows: list[dict[str, np.ndarray]] = []
-    out_W = torch.empty_like(W)
-    final: dict[str, np.ndarray] = dict(steps=np.zeros(R, dtype=np.int64), t=np.zeros(R),
-                                        stopped_by=np.empty(R, dtype=object), eps_step=np.full(R, -1),
-                                        eps_t=np.full(R, np.nan), min_rel=np.ones(R), fit=np.zeros((R, 5)),
-                                        flips_total=np.zeros(R), jumps_total=np.zeros(R))
-    schedule = checkpoint_steps(cfg.max_steps, cfg.checkpoints_per_decade)
+    @property
+    def active(self) -> bool:
+        return len(self.host.replica) > 0
 
-    def diagnose(sel: np.ndarray, steps: np.ndarray) -> None:
-        """Checkpoint rows for active rows ``sel`` at their current weights. The O(m) work
-        runs on all active rows, in place (the pattern goes to the workspace, idle between
-        intervals), so that no weights are copied; only the O(n^2 k^2) work is on ``sel``."""
-        T, Hh = batch.t, batch.h
+    def interval(self) -> None:
+        """Steps up to the next check, then the stopping rules, checkpoint rows and stops."""
+        cfg, host, step = self.cfg, self.host, self.step
+        Ra = len(host.replica)
+        later = self.schedule[self.schedule > step]
+        next_checkpoint = int(later[0]) if len(later) else cfg.max_steps
+        to_t_max = int(np.ceil((self.t_budget - host.t) / host.eta - 1e-9).min())
+        n_steps = max(1, min(cfg.check_every, next_checkpoint - step, cfg.max_steps - step, to_t_max))
+        eta = torch.as_tensor(host.eta, dtype=self.data.X.dtype, device=self.data.X.device)
+        losses = self.ws.run(self.loop, self.pattern, eta, n_steps)
+        # every check: one read of the loss buffer and the step counters (the only sync)
+        loss = losses.cpu().numpy()  # (Ra, n_steps): loss at W_step .. W_{step+n_steps-1}
+        applied = self.loop.applied.cpu().numpy().copy()  # on the CPU .numpy() aliases the live counter
+        n_live = np.rint(applied - host.applied).astype(np.int64)  # steps applied this interval
+        host.applied = applied
+        ended = n_live < n_steps  # the loss at index n_live stopped the replica on the device
+        loss_stop = loss[np.arange(Ra), np.minimum(n_live, n_steps - 1)]
+        converged = ended & (loss_stop <= self.loop.loss_converged.cpu().numpy())  # the device's own test
+        self._per_step(loss, n_live, converged)
+        host.t = host.t + n_live * host.eta
+        own_steps = step + n_live
+        self.step = step = step + n_steps
+        flips_net, jumps = self.pattern.net_since_check(self.loop.W)
+        host.flips_net += flips_net
+        host.flips_net_total += flips_net
+        host.jumps += jumps
+        host.jumps_total += jumps
+        out_of_time = ~ended & (host.t >= self.t_budget * (1 - 1e-12))
+        out_of_steps = ~ended & (step >= cfg.max_steps)
+        stop = ended | out_of_time | out_of_steps
+        if step in self.checkpoints:
+            self.checkpoint(np.arange(Ra), own_steps)
+        elif stop.any():
+            self.checkpoint(np.flatnonzero(stop), own_steps[stop])
+        if stop.any():
+            reasons = np.select([ended & ~converged, converged, out_of_time], ["divergence", "eps", "t_max"],
+                                "max_steps")
+            self._stop(stop, own_steps, reasons, converged)
+
+    def _per_step(self, loss: np.ndarray, n_live: np.ndarray, converged: np.ndarray) -> None:
+        """The interval's per-step losses, at flow times ``t + eta j``: the rate fit, the
+        smallest loss, the interval extremes and the first violation of the bound."""
+        host = self.host
+        j = np.arange(loss.shape[1])[None, :]
+        t_steps = host.t[:, None] + host.eta[:, None] * j
+        rel = loss.astype(np.float64) / (host.r0_sq[:, None] / 2)
+        fit_mask = (j < n_live[:, None]) | (converged[:, None] & (j == n_live[:, None]))
+        host.min_rel = np.minimum(host.min_rel, np.where(fit_mask, rel, np.inf).min(1))
+        lt = np.log(np.where(fit_mask, rel, 1.0))
+        host.fit += np.stack([fit_mask.sum(1), (t_steps * fit_mask).sum(1), (t_steps**2 * fit_mask).sum(1),
+                              (lt * fit_mask).sum(1), (t_steps * lt * fit_mask).sum(1)], axis=1)
+        # every loss at weights the replica had (up to its stop); the interval starts after its last row
+        had = j <= n_live[:, None]
+        in_interval = had & (self.step + j > host.last_row[:, None])
+        rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
+        host.interval_max = np.maximum(host.interval_max, np.where(in_interval, rel_or_inf, -np.inf).max(1))
+        host.interval_min = np.minimum(host.interval_min, np.where(in_interval, rel_or_inf, np.inf).min(1))
+        bound = np.exp(-self.lam_star * t_steps) * host.r0_sq[:, None]
+        violated = had & ~(2 * loss.astype(np.float64) <= bound * (1 + self.tolerance))  # NaN violates
+        first = violated.argmax(1)
+        self._record_violation(np.arange(len(first)), violated.any(1), self.step + first,
+                               t_steps[np.arange(len(first)), first])
+
+    def _record_violation(self, sel: np.ndarray, violated: np.ndarray, steps: np.ndarray, times: np.ndarray) -> None:
+        """The first violation of the bound of active rows ``sel`` (where ``violated``), at
+        ``steps``, ``times``; later ones are not recorded."""
+        new = violated & (self.host.violation_step[sel] < 0)
+        self.host.violation_step[sel[new]] = steps[new]
+        self.host.violation_t[sel[new]] = times[new]
+
+    def checkpoint(self, sel: np.ndarray, steps: np.ndarray) -> None:
+        """Checkpoint rows for active rows ``sel`` at their current weights (reached at
+        ``steps``)."""
+        host, m, n = self.host, self.loop.W.shape[1], self.data.X.shape[0]
         # a replica that stopped on the first step after a check has not moved since its last row
-        fresh = np.asarray(steps, dtype=np.int64) != Hh["last_row"][sel]
-        sel, steps = sel[fresh], np.asarray(steps, dtype=np.int64)[fresh]
+        steps = np.asarray(steps, dtype=np.int64)
+        fresh = steps != host.last_row[sel]
+        sel, steps = sel[fresh], steps[fresh]
         if not len(sel):
             return
-        Hh["last_row"][sel] = steps
-        ix = torch.as_tensor(sel, dtype=torch.long, device=X.device)
-        Aa = T["Aa0"] if frozen else _signed_pattern(T["W"], T["a"], ws.XT, ws.Aa)
-        e, S = residual(T["W"], Aa)
+        host.last_row[sel] = steps
+        ix = torch.as_tensor(sel, dtype=torch.long, device=self.data.X.device)
+        t = host.t[sel]
+        row = dict(replica=host.replica[sel], step=steps, t=t, eta=host.eta[sel], **self._measure(sel, ix, t))
+        r0_sq, r_sq = host.r0_sq[sel], row["e_sq"] + row["S_sq"]
+        bound = np.exp(-self.lam_star * t) * r0_sq
+        with np.errstate(divide="ignore", invalid="ignore"):  # k = 0: no derivative residual, 0/0
+            row.update(value_rel=row["e_sq"] / host.e0_sq[sel], deriv_rel=row["S_sq"] / host.S0_sq[sel])
+        rel = r_sq / r0_sq
+        rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
+        gross = self.pattern.flips_gross[ix].cpu().numpy().astype(np.int64)
+        row.update(
+            loss=r_sq / 2, rel_loss=rel, rel_loss_interval_max=np.maximum(host.interval_max[sel], rel_or_inf),
+            rel_loss_interval_min=np.minimum(host.interval_min[sel], rel_or_inf), bound=bound,
+            bound_held=r_sq <= bound * (1 + self.tolerance), flips_gross=gross - host.flips_gross_at_row[sel],
+            flips_net=host.flips_net[sel].copy(), jump_norm=host.jumps[sel].copy(),
+            flip_fraction=row["flip_fraction"] / (m * n))
+        host.interval_max[sel], host.interval_min[sel] = -np.inf, np.inf
+        host.flips_gross_at_row[sel] = gross
+        host.flips_net[sel] = 0
+        host.jumps[sel] = 0
+        host.min_rel[sel] = np.minimum(host.min_rel[sel], np.nan_to_num(rel, nan=np.inf))
+        self._record_violation(sel, ~row["bound_held"], steps, t)
+        if self.pattern.moves:  # H(t) changes: the step follows lambda_max(H(t))
+            good = np.isfinite(row["lambda_max"]) & (row["lambda_max"] > 0)
+            host.eta[sel[good]] = self.cfg.step_factor / row["lambda_max"][good]
+        self.rows.append(row)
+
+    def _measure(self, sel: np.ndarray, ix: torch.Tensor, t: np.ndarray) -> dict[str, np.ndarray]:
+        """The O(m) and O(n^2 k^2) diagnostics of rows ``sel`` (``ix`` on the device) at their current weights. The
+        O(m) work runs on all active rows, in place (no weights copied); only the O(n^2 k^2)
+        work is on ``ix``."""
+        data, start, W = self.data, self.start, self.loop.W
+        X, V = data.X, data.V
+        Aa = self.pattern.current
+        e, S = data.residual(W, Aa)
         e, S = e[ix], S[ix]
         e_sq, S_sq = e.double().pow(2).sum(1), S.double().pow(2).sum((1, 2))
         s = (Aa.transpose(1, 2) @ Aa)[ix]
-        ds = s - T["s0"][ix]
         with _lapack_threads():
             ev = torch.linalg.eigvalsh(expand_kernel(s, X, V).double())
-        drift = expand_kernel(ds, X, V).double().pow(2).sum((1, 2)).sqrt()
-        move = torch.linalg.vector_norm(T["W"] - T["W0"], dim=2).amax(dim=1)[ix].double()
-        if frozen:
-            flipfrac = torch.zeros(len(sel), dtype=torch.float64, device=X.device)
-        else:
-            # a_r != 0, so the signed patterns differ exactly where the pattern bits do; the
-            # indicator overwrites the pattern (its last use) rather than taking m n more bytes
-            flips = torch.ne(Aa, T["Aa0"], out=Aa).sum(1).double().sum(1)  # counts <= m per point: exact
-            flipfrac = flips[ix] / (m * n)
-        t = Hh["t"][sel]
+        drift = expand_kernel(s - start.s0[ix], X, V).double().pow(2).sum((1, 2)).sqrt()
+        move = torch.linalg.vector_norm(W - start.W0, dim=2).amax(dim=1)[ix].double()
+        flipped = self.pattern.flipped_from_start(start, self.loop.a)[ix]
         # distance to the linearised flow exp(-H(0) t) r(0), in H(0)'s eigenbasis
-        r = torch.cat([e, S.reshape(len(sel), n * k)], dim=1)
-        lin = torch.exp(-T["lam0"][ix] * torch.as_tensor(t, dtype=dt, device=X.device)[:, None])
-        lin = lin * T["c0"][ix]
-        qr = (T["Q0"][ix].transpose(1, 2) @ r[..., None])[..., 0]
-        r0_sq = Hh["r0_sq"][sel]
-        r_sq = (e_sq + S_sq).cpu().numpy()
-        bound = np.exp(-lam_star * t) * r0_sq
-        tol = 1e-12 if dt == torch.float64 else 1e-5
-        row = dict(
-            replica=Hh["replica"][sel], step=np.asarray(steps, dtype=np.int64), t=t, eta=Hh["eta"][sel],
-            loss=r_sq / 2, rel_loss=r_sq / r0_sq, e_sq=e_sq.cpu().numpy(), S_sq=S_sq.cpu().numpy(),
-            lambda_min=ev[:, 0].cpu().numpy(), lambda_max=ev[:, -1].cpu().numpy(),
-            H_drift=drift.cpu().numpy(), max_weight_move=move.cpu().numpy(), flip_fraction=flipfrac.cpu().numpy(),
-            bound=bound, bound_held=r_sq <= bound * (1 + tol),
-            lin_dist=(qr - lin).double().norm(dim=1).cpu().numpy() / np.sqrt(r0_sq),
-            flips=Hh["flips"][sel].copy(), jump_norm=Hh["jumps"][sel].copy(),
-        )
-        Hh["flips"][sel] = 0
-        Hh["jumps"][sel] = 0
-        Hh["min_rel"][sel] = np.minimum(Hh["min_rel"][sel], np.nan_to_num(row["rel_loss"], nan=np.inf))
-        if not frozen:
-            good = np.isfinite(row["lambda_max"]) & (row["lambda_max"] > 0)
-            Hh["eta"][sel[good]] = cfg.step_factor / row["lambda_max"][good]
-        rows.append(row)
+        r = torch.cat([e, S.reshape(len(ix), -1)], dim=1)
+        lin = torch.exp(-start.lam0[ix] * torch.as_tensor(t, dtype=X.dtype, device=X.device)[:, None])
+        lin = lin * start.c0[ix]
+        qr = (start.Q0[ix].transpose(1, 2) @ r[..., None])[..., 0]
+        r0_sq = self.host.r0_sq[sel]
+        host = lambda v: v.cpu().numpy()  # noqa: E731
+        return dict(e_sq=host(e_sq), S_sq=host(S_sq), lambda_min=host(ev[:, 0]), lambda_max=host(ev[:, -1]),
+                    H_drift=host(drift), max_weight_move=host(move), flip_fraction=host(flipped),
+                    lin_dist=host((qr - lin).double().norm(dim=1)) / np.sqrt(r0_sq))
 
-    step = 0
-    diagnose(np.arange(R), np.zeros(R))
-    ckpt_set = set(schedule.tolist())
-    while len(batch):
-        Ra, T, Hh = len(batch), batch.t, batch.h
-        later = schedule[schedule > step]
-        next_ckpt = int(later[0]) if len(later) else cfg.max_steps
-        to_tmax = int(np.ceil((t_budget - Hh["t"]) / Hh["eta"] - 1e-9).min())
-        n_steps = max(1, min(cfg.check_every, next_ckpt - step, cfg.max_steps - step, to_tmax))
-        eta_t = torch.as_tensor(Hh["eta"], dtype=dt, device=X.device)
-        losses = ws.run(T, eta_t, n_steps)
-        # every check: one read of the loss buffer and the live flags (the only sync)
-        L = losses.cpu().numpy()  # (Ra, n_steps): loss at W_step .. W_{step+n_steps-1}
-        applied = T["applied"].cpu().numpy().copy()  # on the CPU .numpy() aliases the live counter
-        n_live = np.rint(applied - Hh["applied"]).astype(np.int64)  # steps applied this interval
-        Hh["applied"] = applied
-        ended = n_live < n_steps  # the loss at index n_live stopped the replica on the device
-        j = np.arange(n_steps)[None, :]
-        L_stop = L[np.arange(Ra), np.minimum(n_live, n_steps - 1)]
-        conv = ended & (L_stop <= T["thr_eps"].cpu().numpy())  # the device's own comparison, in its dtype
-        div = ended & ~conv
-        t_steps = Hh["t"][:, None] + Hh["eta"][:, None] * j
-        rel = L.astype(np.float64) / (Hh["r0_sq"][:, None] / 2)
-        fit_mask = (j < n_live[:, None]) | (conv[:, None] & (j == n_live[:, None]))
-        Hh["min_rel"] = np.minimum(Hh["min_rel"], np.where(fit_mask, rel, np.inf).min(1))
-        lt = np.log(np.where(fit_mask, rel, 1.0))
-        Hh["fit"] += np.stack([fit_mask.sum(1), (t_steps * fit_mask).sum(1), (t_steps**2 * fit_mask).sum(1),
-                               (lt * fit_mask).sum(1), (t_steps * lt * fit_mask).sum(1)], axis=1)
-        Hh["t"] = Hh["t"] + n_live * Hh["eta"]
-        own_steps = step + n_live
-        step += n_steps
-        if not frozen:
-            fl, jn = ws.flips_and_jumps(T)
-            for key, v in (("flips", fl), ("flips_total", fl), ("jumps", jn), ("jumps_total", jn)):
-                Hh[key] += v
-        out_of_time = ~ended & (Hh["t"] >= t_budget * (1 - 1e-12))
-        out_of_steps = ~ended & (step >= cfg.max_steps)
-        stop = ended | out_of_time | out_of_steps
-        if step in ckpt_set:
-            diagnose(np.arange(Ra), own_steps)
-        elif stop.any():
-            diagnose(np.flatnonzero(stop), own_steps[stop])
-        if stop.any():
-            sel = np.flatnonzero(stop)
-            reps = Hh["replica"][sel]
-            for j, rep in zip(sel, reps):
-                out_W[rep].copy_(T["W"][j])
-            final["steps"][reps] = own_steps[sel]
-            final["t"][reps] = Hh["t"][sel]
-            final["stopped_by"][reps] = np.select([div[sel], conv[sel], out_of_time[sel]],
-                                                  ["divergence", "eps", "t_max"], "max_steps")
-            final["eps_step"][reps] = np.where(conv[sel], own_steps[sel], -1)
-            final["eps_t"][reps] = np.where(conv[sel], Hh["t"][sel], np.nan)
-            for key in ("min_rel", "fit", "flips_total", "jumps_total"):
-                final[key][reps] = Hh[key][sel]
-            batch.drop(stop)
-            ws = ws.resized(len(batch))
+    def _stop(self, stop: np.ndarray, own_steps: np.ndarray, reasons: np.ndarray, converged: np.ndarray) -> None:
+        """Records the stopped rows (weights into the result, host state into the stops) and
+        drops them from the batch."""
+        host, stops = self.host, self.stops
+        sel = np.flatnonzero(stop)
+        reps = host.replica[sel]
+        for j, rep in zip(sel, reps):
+            self.out_W[rep].copy_(self.loop.W[j])
+        stops.steps[reps] = own_steps[sel]
+        stops.stopped_by[reps] = reasons[sel]
+        stops.eps_step[reps] = np.where(converged[sel], own_steps[sel], -1)
+        stops.eps_t[reps] = np.where(converged[sel], host.t[sel], np.nan)
+        stops.host.put(reps, host.take(sel))
+        # the last remaining rows move into the stopped rows' places: one row copy per stop
+        order = np.flatnonzero(~stop)
+        n_keep = len(order)
+        holes = np.flatnonzero(stop[:n_keep])
+        movers = order[order >= n_keep]
+        for part in (self.loop, self.start, self.pattern):
+            part.drop(holes, movers, n_keep)
+        self.pattern.bind(self.loop.W, self.loop.a)
+        order = np.arange(n_keep)
+        order[holes] = movers
+        self.host = host.take(order)
+        self.ws = Workspace(n_keep, self.data)
 
-    curves = {f: np.concatenate([r[f] for r in rows]) for f in CURVE_FIELDS}
-    order = np.lexsort((curves["step"], curves["replica"]))
-    curves = {f: v[order] for f, v in curves.items()}
-    summary = _summarise(curves, final, lam0_np, lam_star, r0_sq, R)
-    return TrainResult(summary=summary, curves=curves,
-                       params=Params.from_effective(out_W, params.a.clone(), problem.bias),
-                       lambda_star=lam_star, config=cfg)
+    def result(self, a: torch.Tensor, bias: bool) -> TrainResult:
+        curves = {f: np.concatenate([row[f] for row in self.rows]).astype(_NUMPY_TYPE[kind])
+                  for f, kind in CURVE_FIELDS.items()}
+        order = np.lexsort((curves["step"], curves["replica"]))
+        curves = {f: v[order] for f, v in curves.items()}
+        summary = _summarise(curves, self.stops, self.lam0, self.lam_star)
+        return TrainResult(summary=summary, curves=curves, params=Params.from_effective(self.out_W, a, bias),
+                           lambda_star=self.lam_star, config=self.cfg)
 
 
-def _summarise(curves, final, lam0, lam_star, r0_sq, R) -> dict[str, np.ndarray]:
-    rep = curves["replica"]
+def _summarise(curves: dict[str, np.ndarray], stops: Stops, lam0: np.ndarray, lam_star: float) -> dict[str, np.ndarray]:
+    rep, R = curves["replica"], len(lam0)
     last = np.r_[np.flatnonzero(np.diff(rep)), len(rep) - 1]  # final checkpoint of each replica
     per = lambda f, red: np.array([red(curves[f][rep == j]) for j in range(R)])  # noqa: E731
-    cnt, st, stt, sy, sty = final["fit"].T
+    final = stops.host
+    cnt, st, stt, sy, sty = final.fit.T
     var = cnt * stt - st**2
     with np.errstate(divide="ignore", invalid="ignore"):
         slope = np.where((cnt >= 3) & (var > 0), (cnt * sty - st * sy) / var, np.nan)
     decay = -slope / 2  # ||r||^2 ~ exp(-2 lambda t)
-    stopped = final["stopped_by"]
+    stopped = stops.stopped_by.astype(str)
     status = np.where(stopped == "divergence", "diverged", np.where(stopped == "eps", "converged", "budget"))
-    lam_min = per("lambda_min", np.min)
     lam_held = per("lambda_min", lambda v: bool(np.all(v >= lam_star / 2)))
     bound_held = per("bound_held", np.all)
-    return dict(
-        status=status.astype(str), stopped_by=stopped.astype(str), steps=final["steps"].astype(np.int64),
-        t=final["t"], steps_to_eps=final["eps_step"].astype(np.int64), t_to_eps=final["eps_t"],
-        final_rel_loss=curves["rel_loss"][last], min_rel_loss=np.minimum(final["min_rel"], per("rel_loss", np.nanmin)),
-        loss0=r0_sq / 2, r0_sq=r0_sq, decay_rate=decay, rate_ratio=decay / lam_star,
-        lambda_min_H0=lam0[:, 0], lambda_max_H0=lam0[:, -1], min_lambda_ratio=lam_min / lam_star,
-        max_weight_move=per("max_weight_move", np.max), flip_fraction=curves["flip_fraction"][last],
-        max_H_drift=per("H_drift", np.max), bound_held=bound_held.astype(bool), lambda_held=lam_held.astype(bool),
-        regime_held=(bound_held & lam_held).astype(bool), flips_total=final["flips_total"],
-        jump_norm_total=final["jumps_total"], lin_dist_final=curves["lin_dist"][last],
+    values = dict(
+        status=status, stopped_by=stopped, steps=stops.steps, t=final.t, steps_to_eps=stops.eps_step,
+        t_to_eps=stops.eps_t, final_rel_loss=curves["rel_loss"][last],
+        min_rel_loss=np.minimum(final.min_rel, per("rel_loss", np.nanmin)), value_rel_final=curves["value_rel"][last],
+        deriv_rel_final=curves["deriv_rel"][last], loss0=final.r0_sq / 2, r0_sq=final.r0_sq, decay_rate=decay,
+        rate_ratio=decay / lam_star, lambda_min_H0=lam0[:, 0], lambda_max_H0=lam0[:, -1],
+        min_lambda_ratio=per("lambda_min", np.min) / lam_star, max_weight_move=per("max_weight_move", np.max),
+        flip_fraction=curves["flip_fraction"][last], max_H_drift=per("H_drift", np.max), bound_held=bound_held,
+        lambda_held=lam_held, regime_held=bound_held & lam_held, bound_violation_step=final.violation_step,
+        bound_violation_t=final.violation_t, flips_gross_total=per("flips_gross", np.sum),
+        flips_net_total=final.flips_net_total, jump_norm_total=final.jumps_total,
+        lin_dist_final=curves["lin_dist"][last],
     )
-
-
-def _signed_pattern(W: torch.Tensor, a: torch.Tensor, XT: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """``a_r 1{w_r^T x_i > 0}`` (R, m, n) for contiguous ``W``, written into ``out``: one GEMM
-    over all replicas' rows at once, then two in-place passes."""
-    torch.mm(W.view(-1, W.shape[2]), XT, out=out.view(-1, XT.shape[1]))
-    return out.gt_(0).mul_(a[..., None])
+    return {f: np.asarray(values[f]).astype(_NUMPY_TYPE[kind]) for f, kind in SUMMARY_FIELDS.items()}
 
 
 @contextlib.contextmanager
@@ -373,77 +770,3 @@ def _eigen_start(s0: torch.Tensor, r0: torch.Tensor, X: torch.Tensor, V: torch.T
         lam0, Q0 = torch.linalg.eigh(expand_kernel(s0, X, V).double())
     c0 = (Q0.transpose(1, 2) @ r0.double()[..., None])[..., 0]
     return lam0, Q0.to(r0.dtype), c0.to(r0.dtype)
-
-
-class _Workspace:
-    """Preallocated buffers of the hot loop for ``Ra`` active replicas, and the data in the
-    layouts its GEMMs want.
-
-    Per step: the signed pattern ``Aa`` (R, m, n) (one GEMM), the input gradients
-    ``G_i = grad_x f(x_i)`` (R, n, D) (one GEMM), then per point ``(f_i, F_i) = G_i^T (x_i, V_i)``
-    and back ``u_i = (x_i, V_i) (e_i, dF_i)`` as GEMMs batched over the n points, and the
-    weight gradient ``Aa u`` fused into the update (one GEMM). The per-point products are
-    laid out (n, k+1, R), the orientation in which these small GEMMs run at full speed.
-    """
-
-    def __init__(self, Ra: int, m: int, X, V, y, h, frozen: bool, Aa: torch.Tensor | None = None):
-        n, D, k = V.shape
-        dt, dev = X.dtype, X.device
-        self.Ra, self.m, self.frozen, self.data = Ra, m, frozen, (X, V, y, h)
-        self.XT = X.T.contiguous()
-        self.XVT = torch.cat([X[:, None, :], V.transpose(1, 2)], dim=1)  # (n, k+1, D): rows x_i, V_i^T
-        self.yh = torch.cat([y[:, None], h], dim=1)[..., None]  # (n, k+1, 1)
-        if Aa is None and not frozen:  # frozen mode steps with the batch's Aa0
-            Aa = torch.empty(Ra, m, n, dtype=dt, device=dev)
-        self.Aa = Aa
-        self.G = torch.empty(Ra, n, D, dtype=dt, device=dev)
-        self.res = torch.empty(n, k + 1, Ra, dtype=dt, device=dev)
-        self.half_sq = torch.empty_like(self.res)
-        self.zero = torch.zeros((), dtype=dt, device=dev)
-        self.u = torch.empty(n, Ra, D, dtype=dt, device=dev)
-        self.eta_live = torch.empty(Ra, dtype=dt, device=dev)
-        self.losses = torch.empty(0, Ra, dtype=dt, device=dev)  # (steps, Ra): rows contiguous
-
-    def resized(self, Ra: int) -> "_Workspace":
-        """The workspace of the first ``Ra`` rows (the batch keeps its rows at the front),
-        sharing the pattern buffer."""
-        return _Workspace(Ra, self.m, *self.data, self.frozen, None if self.Aa is None else self.Aa[:Ra])
-
-    def run(self, T, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
-        """``n_steps`` gradient steps of the live replicas in ``T``; returns their losses
-        (Ra, n_steps) at the weights each step started from."""
-        if self.losses.shape[0] < n_steps:
-            self.losses = torch.empty(n_steps, self.Ra, dtype=self.G.dtype, device=self.G.device)
-        W, live, applied, thr_eps, thr_div = T["W"], T["live"], T["applied"], T["thr_eps"], T["thr_div"]
-        Aa = T["Aa0"] if self.frozen else self.Aa
-        XT, XVT, yh = self.XT, self.XVT, self.yh
-        G, res, u, half_sq, eta_live, losses = self.G, self.res, self.u, self.half_sq, self.eta_live, self.losses
-        # views made once: the pattern GEMM over all replicas' rows, the transposes the GEMMs read
-        W2, Z2, a3 = W.view(-1, W.shape[2]), Aa.view(-1, Aa.shape[2]), T["a"][..., None]
-        AaT, GT, resT, uR = Aa.transpose(1, 2), G.permute(1, 2, 0), res.transpose(1, 2), u.transpose(0, 1)
-        for j in range(n_steps):
-            if not self.frozen:
-                torch.mm(W2, XT, out=Z2)  # pre-activations, then the signed pattern in place
-                Aa.gt_(0).mul_(a3)
-            torch.bmm(AaT, W, out=G)  # G_i = grad_x f(x_i)
-            torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
-            loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq), (0, 1), out=losses[j])
-            # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
-            live.mul_(torch.logical_and(loss > thr_eps, loss <= thr_div))
-            applied.add_(live)
-            res.mul_(torch.mul(eta, live, out=eta_live))
-            torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
-            W.baddbmm_(Aa, uR, alpha=-1)
-        return self.losses[:n_steps].T
-
-    def flips_and_jumps(self, T) -> tuple[np.ndarray, np.ndarray]:
-        """Pattern bits flipped since the last check, and the norm of the jump they put
-        into the derivative residual, ``||V^T (A_now - A_then)^T W||`` (net over the interval).
-        The difference overwrites the snapshot, then the buffers trade places: the current
-        pattern becomes the snapshot and the old one the buffer the next step writes into."""
-        dA = torch.sub(self.Aa, T["Aa_snap"], out=T["Aa_snap"])
-        dG = dA.transpose(1, 2) @ T["W"]  # (R, n, D)
-        jump = torch.bmm(self.XVT[:, 1:], dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
-        flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1)  # counts <= m per point: exact
-        T["Aa_snap"], self.Aa = self.Aa, dA
-        return flips.cpu().numpy(), jump.cpu().numpy()

@@ -9,9 +9,10 @@ import torch
 
 from sobolev.memory import bytes_per_replica, replicas_that_fit, task_bytes
 
-# (n, d, k, m, R, dtype, bias): the patterns dominate; the n^2 k^2 terms (H) dominate; float64 with bias
+# (n, d, k, m, R, dtype, bias): the patterns dominate; the n^2 k^2 terms (H) dominate; float64 with bias;
+# k = 0
 SHAPES = [(32, 16, 4, 8192, 8, "float32", False), (48, 16, 4, 256, 8, "float32", True),
-          (16, 8, 2, 16384, 8, "float64", True)]
+          (16, 8, 2, 16384, 8, "float64", True), (32, 16, 0, 8192, 8, "float32", False)]
 
 # Peak resident memory of a task, in a fresh process: with the allocator returning every
 # freed block to the system, peak RSS (VmHWM, reset through clear_refs) minus the RSS
@@ -26,9 +27,9 @@ def rss():
     f = dict(line.split(":", 1) for line in open("/proc/self/status"))
     return int(f["VmRSS"].split()[0]) * 1024, int(f["VmHWM"].split()[0]) * 1024
 
-cfg = TrainConfig(eps=1e-30, t_max=1e9, t_unit="absolute", max_steps=6, check_every=4)
 peaks = []
 for n, d, k, m, R, dtype, bias in json.loads(sys.argv[1]):
+    cfg = TrainConfig(eps=1e-30, t_max=1e9, t_unit="absolute", max_steps=6, check_every=4, dtype=dtype)
     dtype = getattr(torch, dtype)
     p = make_problem(n, d, k, 0.5, bias=bias, seed=0, dtype=dtype)
     train(init_params(1, 8, d, bias=bias, seeds=0, dtype=dtype), p, cfg)
@@ -72,3 +73,4 @@ def test_model_scales_as_expected():
     assert replicas_that_fit(10, 32, 16, 4, 8192) == 0
     with pytest.raises(ValueError, match="mode"):
         bytes_per_replica(32, 16, 4, 8192, mode="linear")
+    assert bytes_per_replica(32, 16, 0, 8192) < per  # k = 0: values only

@@ -40,9 +40,9 @@ def autograd_reference(params, problem):
     return torch.stack(losses), W.grad, None if b is None else b.grad, torch.stack(Fs)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_gradient_equals_autograd_float64(bias, seed):
-    p = make_problem(7, 6, 2, 0.4, bias=bias, seed=seed, dtype=torch.float64)
+@pytest.mark.parametrize("seed,k", [(0, 2), (1, 2), (2, 2), (0, 0), (1, 0)])  # k = 0: plain L2 training
+def test_gradient_equals_autograd_float64(bias, seed, k):
+    p = make_problem(7, 6, k, 0.4, bias=bias, seed=seed, dtype=torch.float64)
     params = init_params(3, 50, 6, bias=bias, seeds=[seed, seed + 10, seed + 20], dtype=torch.float64)
     # move off initialisation so that residuals are generic
     params = Params(W=params.W * 1.3 + 0.1, a=params.a, b=None if params.b is None else params.b - 0.2)

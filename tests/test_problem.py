@@ -77,6 +77,7 @@ def test_teacher_derivatives_match_autograd():
 
 @pytest.mark.parametrize("kwargs,field", [
     (dict(n=8, d=4, k=4, delta=0.1), "k="),
+    (dict(n=8, d=4, k=-1, delta=0.1), "k="),
     (dict(n=8, d=6, k=2, delta=0.0), "delta="),
     (dict(n=8, d=6, k=2, delta=-0.3), "delta="),
     (dict(n=8, d=6, k=2, delta=1.5), "delta="),  # above sqrt(2) without bias
@@ -118,3 +119,15 @@ def test_effective_data_is_unit_and_scaled():
     assert torch.allclose(X.norm(dim=1), torch.ones(6, dtype=torch.float64))
     assert torch.allclose(h, p.h / 0.25)
     assert torch.all(V[:, -1, :] == 0)
+
+
+def test_k_zero_is_values_only(bias):
+    p = make_problem(6, 4, 0, 0.5, bias=bias, seed=0, dtype=torch.float64)
+    assert p.k == 0 and p.V.shape == (6, 4, 0) and p.h.shape == (6, 0) and p.delta_2 == 0.0
+    assert p.delta_1 == pytest.approx(0.5)
+    X, V, y, h, alpha = effective_data(p)
+    assert V.shape == (6, 4 + bias, 0) and h.shape == (6, 0)
+    assert alpha == (0.5 if bias else 1.0)  # alpha = 1/(2 max(k, 1))
+    assert torch.allclose(X.norm(dim=1), torch.ones(6, dtype=torch.float64))
+    Problem(x=p.x, V=p.V, y=p.y, h=p.h)  # user tensors with k = 0 validate
+    assert make_problem(6, 4, 0, 0.5, target="teacher", seed=1).h.shape == (6, 0)
