@@ -166,7 +166,7 @@ def regime_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.S
     require_columns(runs, ["run_id", "lambda_star"], "runs")
     per_step = "bound_violation_t" in runs.columns and runs["bound_violation_t"].notna().any()
     extra = ["lambda_star", "bound_violation_t"] if per_step else ["lambda_star"]
-    c = _checkpoints(runs, curves, ["t"] * per_step + ["rel_loss", "bound_held", "lambda_min"], extra)
+    c = _checkpoints(runs, curves, (["t"] if per_step else []) + ["rel_loss", "bound_held", "lambda_min"], extra)
     reached = (c["rel_loss"] <= eps).astype(int)
     # checkpoints before the first one at eps', plus that one
     considered = (reached.groupby(c["run_id"]).cumsum() - reached) == 0
