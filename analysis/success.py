@@ -57,7 +57,7 @@ _REGISTRY: dict[str, Criterion] = {}
 def register(name: str, *, needs_curves: bool):
     """Register a criterion function under ``name`` (a decorator)."""
     def add(fn):
-        _REGISTRY[name] = Criterion(name, fn, needs_curves, (fn.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = Criterion(name, fn, needs_curves, (fn.__doc__ or "").strip().partition("\n")[0])
         return fn
     return add
 

@@ -134,7 +134,7 @@ SUMMARY_FIELDS: dict[str, type] = {
 CURVE_FIELDS: dict[str, type] = {
     "replica": int, "step": int, "t": float, "eta": float, "loss": float, "rel_loss": float,
     "rel_loss_interval_max": float, "rel_loss_interval_min": float, "e_sq": float, "S_sq": float,
-    "value_rel": float, "deriv_rel": float, "lambda_min": float, "lambda_max": float, "H_drift": float,
+    "value_rel": float, "deriv_rel": float, "value_rel_interval_max": float, "deriv_rel_interval_max": float, "lambda_min": float, "lambda_max": float, "H_drift": float,
     "max_weight_move": float, "flip_fraction": float, "bound": float, "bound_held": bool, "lin_dist": float,
     "flips_gross": int, "flips_net": int, "jump_norm": float,
 }
@@ -225,6 +225,8 @@ class HostState:
     fit: np.ndarray  # (R, 5) sums of the least-squares fit of log(rel loss) against t
     interval_max: np.ndarray  # largest per-step relative loss since the last row
     interval_min: np.ndarray  # smallest per-step relative loss since the last row
+    value_interval_max: np.ndarray  # largest per-step ||e||^2 / ||e(0)||^2 since the last row
+    deriv_interval_max: np.ndarray  # largest per-step ||S||^2 / ||S(0)||^2 since the last row (NaN for k = 0)
     violation_step: np.ndarray  # first step with ||r||^2 above the bound (-1: none yet)
     violation_t: np.ndarray  # its flow time (inf: none yet)
     flips_net: np.ndarray  # net flips since the last row
@@ -241,6 +243,7 @@ class HostState:
             replica=np.arange(R), t=np.zeros(R), eta=eta, r0_sq=r0_sq, e0_sq=e0_sq, S0_sq=S0_sq,
             applied=zeros.copy(), last_row=np.full(R, -1, dtype=np.int64), min_rel=np.ones(R),
             fit=np.zeros((R, 5)), interval_max=np.full(R, -np.inf), interval_min=np.full(R, np.inf),
+            value_interval_max=np.full(R, -np.inf), deriv_interval_max=np.full(R, -np.inf),
             violation_step=np.full(R, -1, dtype=np.int64), violation_t=np.full(R, np.inf),
             flips_net=zeros_int.copy(), jumps=zeros.copy(), flips_net_total=zeros_int.copy(),
             jumps_total=zeros.copy(), flips_gross_at_row=zeros_int.copy())
@@ -454,12 +457,15 @@ class Workspace:
         self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
         self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
         self.losses = torch.empty(0, Ra, dtype=dtype, device=device)  # (steps, Ra): rows contiguous
+        # the value and derivative parts of each step's loss, for their own interval maxima
+        self.parts = torch.empty(0, 2, Ra, dtype=dtype, device=device)
 
     def run(self, state: LoopState, pattern: PatternRule, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``n_steps`` gradient steps of the live replicas; returns their losses (Ra, n_steps)
         at the weights each step started from."""
         if self.losses.shape[0] < n_steps:
             self.losses = torch.empty(n_steps, self.Ra, dtype=self.G.dtype, device=self.G.device)
+            self.parts = torch.empty(n_steps, 2, self.Ra, dtype=self.G.dtype, device=self.G.device)
         W, live, applied = state.W, state.live, state.applied
         converged_at, diverged_at = state.loss_converged, state.loss_diverged
         XVT, yh = self.data.XVT, self.data.yh
@@ -470,6 +476,8 @@ class Workspace:
             torch.bmm(pattern.current_T, W, out=G)  # G_i = grad_x f(x_i)
             torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
             loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq), (0, 1), out=losses[j])
+            torch.sum(half_sq[:, 0], 0, out=self.parts[j, 0])  # 1/2 ||e||^2
+            torch.sum(half_sq[:, 1:], (0, 1), out=self.parts[j, 1])  # 1/2 ||S||^2
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
             applied.add_(live)
@@ -567,7 +575,8 @@ class _Run:
         ended = n_live < n_steps  # the loss at index n_live stopped the replica on the device
         loss_stop = loss[np.arange(Ra), np.minimum(n_live, n_steps - 1)]
         converged = ended & (loss_stop <= self.loop.loss_converged.cpu().numpy())  # the device's own test
-        self._per_step(loss, n_live, converged)
+        parts = self.ws.parts[:n_steps].cpu().numpy()  # (n_steps, 2, Ra): 1/2 ||e||^2, 1/2 ||S||^2
+        self._per_step(loss, parts, n_live, converged)
         host.t = host.t + n_live * host.eta
         own_steps = step + n_live
         self.step = step = step + n_steps
@@ -588,9 +597,10 @@ class _Run:
                                 "max_steps")
             self._stop(stop, own_steps, reasons, converged)
 
-    def _per_step(self, loss: np.ndarray, n_live: np.ndarray, converged: np.ndarray) -> None:
-        """The interval's per-step losses, at flow times ``t + eta j``: the rate fit, the
-        smallest loss, the interval extremes and the first violation of the bound."""
+    def _per_step(self, loss: np.ndarray, parts: np.ndarray, n_live: np.ndarray, converged: np.ndarray) -> None:
+        """The interval's per-step losses (and their value and derivative ``parts``), at flow
+        times ``t + eta j``: the rate fit, the smallest loss, the interval extremes and the
+        first violation of the bound."""
         host = self.host
         j = np.arange(loss.shape[1])[None, :]
         t_steps = host.t[:, None] + host.eta[:, None] * j
@@ -606,6 +616,12 @@ class _Run:
         rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
         host.interval_max = np.maximum(host.interval_max, np.where(in_interval, rel_or_inf, -np.inf).max(1))
         host.interval_min = np.minimum(host.interval_min, np.where(in_interval, rel_or_inf, np.inf).min(1))
+        with np.errstate(divide="ignore", invalid="ignore"):  # k = 0: no derivative residual, 0/0
+            value = 2 * parts[:, 0].T.astype(np.float64) / host.e0_sq[:, None]
+            deriv = 2 * parts[:, 1].T.astype(np.float64) / host.S0_sq[:, None]
+        for name, part, start in (("value_interval_max", value, host.e0_sq), ("deriv_interval_max", deriv, host.S0_sq)):
+            part = np.where(np.isnan(part) & (start[:, None] > 0), np.inf, part)  # NaN from divergence
+            setattr(host, name, np.maximum(getattr(host, name), np.where(in_interval, part, -np.inf).max(1)))
         bound = np.exp(-self.lam_star * t_steps) * host.r0_sq[:, None]
         violated = had & ~(2 * loss.astype(np.float64) <= bound * (1 + self.tolerance))  # NaN violates
         first = violated.argmax(1)
@@ -646,7 +662,10 @@ class _Run:
             bound_held=r_sq <= bound * (1 + self.tolerance), flips_gross=gross - host.flips_gross_at_row[sel],
             flips_net=host.flips_net[sel].copy(), jump_norm=host.jumps[sel].copy(),
             flip_fraction=row["flip_fraction"] / (m * n))
+        row.update(value_rel_interval_max=np.maximum(host.value_interval_max[sel], row["value_rel"]),
+                   deriv_rel_interval_max=np.maximum(host.deriv_interval_max[sel], row["deriv_rel"]))
         host.interval_max[sel], host.interval_min[sel] = -np.inf, np.inf
+        host.value_interval_max[sel], host.deriv_interval_max[sel] = -np.inf, -np.inf
         host.flips_gross_at_row[sel] = gross
         host.flips_net[sel] = 0
         host.jumps[sel] = 0

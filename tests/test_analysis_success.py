@@ -107,3 +107,74 @@ def test_missing_column_is_named():
         run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
     with pytest.raises(ValueError, match="curves"):
         run_success(_runs(status=["budget"], min_rel_loss=[1e-3]), eps_grid=[1e-2])
+
+
+def test_registry_names_every_criterion_and_refuses_unknown_ones_in_one_line():
+    from analysis.success import criteria, criterion, register
+
+    assert set(criteria()) >= {"interpolation", "settled", "settled_both", "regime"}
+    with pytest.raises(ValueError, match="criterion 'settle' is unknown; use one of interpolation, settled") as info:
+        criterion("settle")
+    assert "\n" not in str(info.value)
+    # a new criterion is one function and one registration, and run_success uses it at once
+    register("never", needs_curves=False)(lambda runs, curves, eps: pd.Series(False, index=runs.index))
+    try:
+        runs = _runs(status=["budget"], min_rel_loss=[1e-3])
+        assert not run_success(runs, eps_grid=[1e-2], criteria=["never"])["success"].any()
+    finally:
+        from analysis import success
+
+        del success._REGISTRY["never"]
+
+
+def _settling_curve(run_id, rel_loss, interval_max, value=None, deriv=None):
+    rel = np.asarray(rel_loss, dtype=float)
+    cols = {"run_id": run_id, "step": np.arange(rel.size) * 10, "rel_loss": rel,
+            "rel_loss_interval_max": np.asarray(interval_max, dtype=float)}
+    for name, v in (("value_rel", value), ("deriv_rel", deriv)):
+        v = rel if v is None else np.asarray(v, dtype=float)
+        cols[name], cols[f"{name}_interval_max"] = v, v
+    return complete_curves(pd.DataFrame(cols))
+
+
+@pytest.mark.parametrize("name,curve,status,interpolation,settled", [
+    # touches 1e-4 mid-run, ends above eps' = 1e-3: interpolation says yes, settled says no
+    ("transient", _settling_curve("r", [1, 1e-2, 5e-3], [1, 1e-4, 8e-3]), "budget", True, False),
+    # below eps' at every step of the last interval: settled
+    ("settles", _settling_curve("r", [1, 1e-2, 5e-4], [1, 1e-2, 9e-4]), "budget", True, True),
+    # below at the last checkpoint but not over the whole last interval
+    ("spike_in_last", _settling_curve("r", [1, 1e-2, 5e-4], [1, 1e-2, 2e-3]), "budget", True, False),
+    # stopped on reaching the training eps: settled, whatever the interval held before
+    ("stopped_at_eps", _settling_curve("r", [1, 1e-2, 1e-7], [1, 1e-2, 5e-1]), "converged", True, True),
+])
+def test_settled_against_interpolation(name, curve, status, interpolation, settled):
+    from analysis.success import settled_success
+
+    runs = _runs(run_id=["r"], status=[status], eps=1e-7,
+                 min_rel_loss=[min(curve["rel_loss"].min(), curve["rel_loss_interval_max"].min())])
+    assert list(interpolation_success(runs, None, 1e-3)) == [interpolation]
+    assert list(settled_success(runs, curve, 1e-3)) == [settled]
+
+
+def test_settled_both_judges_values_and_derivatives_separately():
+    from analysis.success import settled_both_success, settled_success
+
+    # total settled at 5e-4, but the value residual (a small part of the loss) is still at 1e-2
+    curve = _settling_curve("r", [1, 1e-2, 5e-4], [1, 1e-2, 9e-4], value=[1, 5e-2, 1e-2], deriv=[1, 1e-2, 4e-4])
+    runs = _runs(run_id=["r"], status=["budget"], min_rel_loss=[5e-4])
+    assert list(settled_success(runs, curve, 1e-3)) == [True]
+    assert list(settled_both_success(runs, curve, 1e-3)) == [False]
+    # k = 0: no derivative residual (NaN), judged on the values alone
+    plain = _settling_curve("r", [1, 1e-2, 5e-4], [1, 1e-2, 9e-4], deriv=[np.nan] * 3)
+    assert list(settled_both_success(runs, plain, 1e-3)) == [True]
+
+
+def test_regime_uses_the_per_step_bound_when_recorded():
+    curve = complete_curves(_curve("r", [1, .5, .1, .01, 5e-4, 1e-4], True).assign(t=np.arange(6) * 1.0))
+    # every checkpoint held, but a step between checkpoints 2 and 3 broke the bound (t = 2.5)
+    broke = _runs(run_id=["r"], status=["budget"], min_rel_loss=[1e-4], bound_violation_t=[2.5])
+    assert list(regime_success(broke, curve, 1e-3)) == [False]
+    # the violation came after eps' = 0.1 was reached at checkpoint 2 (t = 2): in the regime until then
+    assert list(regime_success(broke, curve, 0.1)) == [True]
+    never = broke.assign(bound_violation_t=np.inf)
+    assert list(regime_success(never, curve, 1e-3)) == [True]

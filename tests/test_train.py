@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from sobolev import Params, TrainConfig, gram, init_params, lambda_star, loss_and_grad, make_problem, train
+from sobolev import Params, TrainConfig, forward, gram, init_params, lambda_star, loss_and_grad, make_problem, train
 from sobolev.problem import effective_data
 from sobolev.train import CURVE_FIELDS, SUMMARY_FIELDS, checkpoint_steps, train_config_fields
 
@@ -213,18 +213,19 @@ def brute_force(params: Params, problem, res, steps: int):
     X = effective_data(problem).X
     W, t, eta = params.W.clone(), 0.0, None
     pattern = W @ X.T > 0
-    losses, times, flips = [], [], []
+    losses, times, flips, values = [], [], [], []
     for s in range(steps):
         eta = 1.0 / rows[s] if s in rows else eta
         lg = loss_and_grad(Params(W, params.a), problem)
         losses.append(lg.loss.item())
+        values.append(0.5 * (forward(Params(W, params.a), problem).f - problem.y).pow(2).sum().item())
         times.append(t)
         W = W - eta * lg.grad_W
         t += eta
         new = W @ X.T > 0
         flips.append(int((new != pattern).sum()))
         pattern = new
-    return np.array(losses), np.array(times), np.array(flips), W
+    return np.array(losses), np.array(times), np.array(flips), W, np.array(values)
 
 
 def test_gross_flips_bound_violation_and_interval_max_against_a_plain_loop():
@@ -232,7 +233,7 @@ def test_gross_flips_bound_violation_and_interval_max_against_a_plain_loop():
     params = init_params(1, 16, 5, seeds=[4], dtype=torch.float64)
     cfg = TrainConfig(max_steps=150, eps=1e-30, t_max=1e9, t_unit="absolute", check_every=1, dtype="float64")
     res = train(params, p, cfg)
-    losses, times, flips, W = brute_force(params, p, res, 150)
+    losses, times, flips, W, values = brute_force(params, p, res, 150)
     torch.testing.assert_close(res.params.W, W, rtol=1e-9, atol=1e-12)
     c, s = res.curves, res.summary
     assert s["flips_gross_total"][0] == flips.sum() > 0
@@ -241,16 +242,19 @@ def test_gross_flips_bound_violation_and_interval_max_against_a_plain_loop():
     assert s["bound_violation_step"][0] == first and s["bound_violation_t"][0] == times[first]
     assert not s["bound_held"][0]
     rel = losses / losses[0]
-    for prev, step, gross, top, low, r in zip(c["step"][:-1], c["step"][1:], c["flips_gross"][1:],
-                                             c["rel_loss_interval_max"][1:], c["rel_loss_interval_min"][1:],
-                                             c["rel_loss"][1:]):
-        assert gross == flips[prev:step].sum()  # bits changed on the steps prev -> prev + 1 ... step - 1 -> step
-        window = np.r_[rel[prev + 1:step], r]  # every step after the previous row, the row's own loss last
-        np.testing.assert_allclose([top, low], [window.max(), window.min()], rtol=1e-12)
+    value_rel, deriv_rel = values / values[0], (losses - values) / (losses[0] - values[0])
+    for i in range(1, len(c["step"])):
+        prev, step = c["step"][i - 1], c["step"][i]
+        assert c["flips_gross"][i] == flips[prev:step].sum()  # bits changed on the steps prev -> ... -> step
+        for name, per_step in (("rel_loss", rel), ("value_rel", value_rel), ("deriv_rel", deriv_rel)):
+            window = np.r_[per_step[prev + 1:step], c[name][i]]  # every step after the previous row, and the row
+            np.testing.assert_allclose(c[f"{name}_interval_max"][i], window.max(), rtol=1e-9, err_msg=name)
+        np.testing.assert_allclose(c["rel_loss_interval_min"][i], np.r_[rel[prev + 1:step], c["rel_loss"][i]].min(),
+                                   rtol=1e-12)
 
 
 PER_STEP_CURVES = ("step", "flips_gross", "rel_loss_interval_max", "rel_loss_interval_min", "value_rel", "deriv_rel",
-                   "rel_loss")
+                   "value_rel_interval_max", "deriv_rel_interval_max", "rel_loss")
 PER_STEP_SUMMARY = ("flips_gross_total", "bound_violation_step", "value_rel_final", "deriv_rel_final", "steps")
 
 
