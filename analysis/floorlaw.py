@@ -24,6 +24,7 @@ from scipy import special, stats
 
 from .defaults import CONFIDENCE, FAILED_STATUSES, STOPPED_AT_EPS
 from .load import require_columns
+from .stats import cluster_percentile_interval
 
 FLOOR_TERMS = ("n", "k", "delta", "m")
 # Columns that identify the data set a run was trained on; a random effect lives at this level.
@@ -156,10 +157,11 @@ def _prepare(runs: pd.DataFrame, loss_col: str, censor_col: str | None) -> tuple
     return runs[keep].assign(_t=t[keep], _censored=censored[keep]), int((~keep).sum())
 
 
-def _percentiles(draws: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Percentile interval per column; a column whose replicates are all equal has no interval."""
-    alpha = 1 - confidence
-    lo, hi = np.quantile(draws, [alpha / 2, 1 - alpha / 2], axis=0)
+def _percentiles(point: np.ndarray, draws: np.ndarray, n_clusters: int,
+                 confidence: float) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Interval per column (percentiles widened for few instances); a column whose replicates are
+    all equal has no interval."""
+    lo, hi = cluster_percentile_interval(point, draws, n_clusters, confidence)
     flat = np.ptp(draws, axis=0) <= 1e-12 * np.maximum(1.0, np.abs(draws).max(axis=0))
     notes = [_NO_INTERVAL_EXACT if f else "" for f in flat]
     return np.where(flat, np.nan, lo), np.where(flat, np.nan, hi), notes
@@ -188,12 +190,12 @@ def _fit_group(group: pd.DataFrame, terms: Sequence[str], n_boot: int, rng: np.r
     rows = []
     for i, name in enumerate([*names, "sigma"]):
         rows.append({"term": name, "estimate": estimates[0, i], "draws": draws[:, i]})
-    if len(draws) >= 2:
-        lo, hi, notes = _percentiles(draws, confidence)
+    if len(draws) >= 2 and common["n_instances"] >= 2:
+        lo, hi, notes = _percentiles(estimates[0], draws, common["n_instances"], confidence)
         se = draws.std(axis=0, ddof=1)
     else:
         lo = hi = se = np.full(len(rows), np.nan)
-        notes = ["no interval: fewer than 2 usable bootstrap replicates"] * len(rows)
+        notes = ["no interval: fewer than 2 data instances or usable bootstrap replicates"] * len(rows)
     for i, row in enumerate(rows):
         row.update(se=se[i], lo=lo[i], hi=hi[i], interval_note=notes[i])
     return rows, {**common, "n_boot_ok": len(draws)}
@@ -299,10 +301,11 @@ def _solve_m(law: pd.DataFrame, cell: pd.Series, eps: float, z: float, alpha: fl
 
     point = float(solve(lambda t: law.loc[t, "estimate"]))
     draws = solve(lambda t: law.loc[t, "draws"])
-    if draws.size < 2:
+    n_clusters = int(law["n_instances"].iloc[0])
+    if draws.size < 2 or n_clusters < 2:
         return {**empty, "m_star_floor": point, "note": "no bootstrap replicates: no interval"}
-    # replicates with a rising floor are infinite: order statistics, not interpolation between them
-    lo = np.quantile(draws, alpha / 2, method="lower")
-    hi = np.quantile(draws, 1 - alpha / 2, method="higher")
-    return {"m_star_floor": point, "m_star_floor_lo": lo, "m_star_floor_hi": hi,
+    # on log m, where the interval is built like the law's own (a rising floor's m* is infinite)
+    with np.errstate(divide="ignore"):
+        lo, hi = np.exp(cluster_percentile_interval(np.log(point), np.log(draws), n_clusters, 1 - alpha))
+    return {"m_star_floor": point, "m_star_floor_lo": float(lo), "m_star_floor_hi": float(hi),
             "rising_frac": float(np.mean(~np.isfinite(draws))), "note": ""}

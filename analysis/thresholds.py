@@ -19,7 +19,7 @@ import pandas as pd
 
 from .defaults import CONFIDENCE, N_BOOT, THRESHOLD_KEYS
 from .load import require_columns
-from .stats import logistic_crossing
+from .stats import cluster_percentile_interval, logistic_crossing
 from .success import RATE_STATS
 
 NOT_CENSORED = "none"
@@ -162,3 +162,111 @@ def theory_gap(thresholds: pd.DataFrame, runs: pd.DataFrame, m_col: str = "m_sta
     if "m_bound" in out.columns:
         out["log10_gap_bound"] = np.log10(out["m_bound"] / out["m_thm"])
     return out
+
+
+def _logistic_log_m(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) -> float:
+    """``log m`` of a logistic crossing for one bootstrap replicate: ``+inf`` if censored above,
+    ``log m_min`` if below (as in :func:`bootstrap_threshold`), NaN if undefined."""
+    fit = logistic_threshold(m, s, n, target)
+    flag = fit["logistic_censored"]
+    if flag == NOT_CENSORED:
+        return float(np.log(fit["m_logistic"]))
+    return {ABOVE: np.inf, BELOW: float(np.log(m.min()))}.get(flag, np.nan)
+
+
+def _instance_draws(counts: pd.DataFrame, target: float, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+    """Replicates of the logistic threshold (``log m``) from resampling data instances with
+    replacement, then the seeds of each drawn instance at each width (a binomial draw at the
+    instance's observed rate)."""
+    instances = counts["_instance"].unique()
+    by_instance = {i: g for i, g in counts.groupby("_instance", sort=False)}
+    m_all = np.sort(counts["m"].unique())
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        s = np.zeros(len(m_all))
+        n = np.zeros(len(m_all))
+        for i in rng.choice(instances, size=len(instances), replace=True):
+            g = by_instance[i]
+            idx = np.searchsorted(m_all, g["m"].to_numpy())
+            trials = g["trials"].to_numpy()
+            np.add.at(s, idx, rng.binomial(trials, g["successes"].to_numpy() / trials))
+            np.add.at(n, idx, trials)
+        seen = n > 0
+        out[b] = _logistic_log_m(m_all[seen], s[seen], n[seen], target)
+    return out
+
+
+def _trials_near(m: np.ndarray, n: np.ndarray, m_cross: float) -> float:
+    """Seeds at the tested widths that bracket the crossing (the ones that locate it)."""
+    if not np.isfinite(m_cross):
+        return np.nan
+    below, above = m[m <= m_cross], m[m >= m_cross]
+    near = [below.max()] if below.size else []
+    near += [above.min()] if above.size else []
+    return float(min(n[m == w].sum() for w in near))
+
+
+def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None, *, delta_fail: float,
+                        instance_col: str = "data_seed", n_boot: int = 400, seed: int = 0,
+                        confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Logistic thresholds (Firth fit of success on ``log m``, crossing ``1 - delta_fail``) per cell,
+    with a percentile interval from a bootstrap over data instances, then seeds within them, widened
+    for the number of instances (:func:`analysis.stats.cluster_percentile_interval`).
+
+    success: a :func:`analysis.success.run_success` table; its ``instance_col`` is taken from it or,
+    if absent, joined from ``runs`` (``run_id, instance_col``).  Replicates censored above count as
+    ``inf``, below as ``m_min``, undefined ones are left out and counted.  Returns, per cell (every
+    column but ``m, run_id, seed, success, instance_col``), ``target, n_widths, n_instances,
+    trials_min, trials_near`` (seeds at the widths bracketing the crossing), ``m_logistic,
+    logistic_censored, m_lo, m_hi, boot_above_frac, boot_undefined_frac, interval_note``.  A cell
+    whose replicates all agree, or that has one instance (the interval would hide the scatter
+    between instances), has no interval: ``m_lo, m_hi`` NaN, with the reason in ``interval_note``.
+    """
+    require_columns(success, ["m", "run_id", "seed", "success"], "success")
+    if instance_col not in success.columns:
+        if runs is None:
+            raise ValueError(f"success table lacks {instance_col!r}: pass runs (run_id, {instance_col}) to join it")
+        require_columns(runs, ["run_id", instance_col], "runs")
+        success = success.merge(runs[["run_id", instance_col]], on="run_id", how="left", validate="many_to_one")
+    keys = [c for c in success.columns if c not in ("m", "run_id", "seed", "success", instance_col)]
+    target = 1 - delta_fail
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, cell in success.groupby(keys, sort=True, dropna=False):
+        counts = (cell.groupby([instance_col, "m"], dropna=False)["success"].agg(trials="size", successes="sum")
+                  .reset_index())
+        # integer codes: a missing instance label is one instance, not a key lost by groupby
+        counts["_instance"] = pd.factorize(counts[instance_col], use_na_sentinel=False)[0]
+        pooled = counts.groupby("m")[["trials", "successes"]].sum().reset_index()
+        m, s, n = (pooled[c].to_numpy() for c in ("m", "successes", "trials"))
+        point = logistic_threshold(m, s, n, target, confidence)
+        row = {**dict(zip(keys, key)), "target": target, "n_widths": len(m),
+               "n_instances": counts["_instance"].nunique(), "trials_min": int(n.min()),
+               "trials_near": _trials_near(m, n, point["m_logistic"]), "m_logistic": point["m_logistic"],
+               "logistic_censored": point["logistic_censored"], "m_lo": np.nan, "m_hi": np.nan,
+               "boot_above_frac": np.nan, "boot_undefined_frac": np.nan, "interval_note": ""}
+        draws = _instance_draws(counts, target, rng, n_boot) if n_boot > 0 else np.empty(0)
+        defined = draws[~np.isnan(draws)]
+        if n_boot > 0:
+            row["boot_above_frac"] = float(np.mean(draws == np.inf))
+            row["boot_undefined_frac"] = float(np.mean(np.isnan(draws)))
+        row["interval_note"] = _interval_reason(n_boot, defined, row["n_instances"])
+        if not row["interval_note"]:
+            centre = np.log(point["m_logistic"]) if np.isfinite(point["m_logistic"]) else np.median(defined)
+            lo, hi = cluster_percentile_interval(centre, defined, row["n_instances"], confidence)
+            row["m_lo"], row["m_hi"] = float(np.exp(lo)), float(np.exp(hi))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _interval_reason(n_boot: int, defined: np.ndarray, n_instances: int) -> str:
+    """Why a cell gets no interval ("" when it gets one)."""
+    if n_boot == 0:
+        return "no interval: no bootstrap asked for"
+    if n_instances < 2:
+        return "no interval: one data instance, the scatter between instances is not measured"
+    if defined.size < 2:
+        return "no interval: fewer than 2 defined bootstrap replicates"
+    if np.ptp(defined) == 0 or np.all(np.isinf(defined)):
+        return "no interval: every bootstrap replicate gave the same value"
+    return ""
