@@ -23,7 +23,7 @@ from .defaults import (CELL_KEYS, CONFIDENCE, CRITERIA, EPS_GRID, INTERPOLATION,
                        THEORY_EXPONENTS, THRESHOLD_KEYS)
 from .comparisons import control_comparison, theorem_exponents
 from .fits import fit_exponents
-from .floorlaw import fit_floor_law, floor_group_columns, m_star_from_floor_law
+from .floorlaw import beside_thresholds, fit_floor_law, floor_group_columns, m_star_from_floor_law
 from .load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, Results, load_curves, load_results,
                    load_runs, require_columns)
 from .sensitivity import floor_exponents, sensitivity_summary, sensitivity_table
@@ -44,5 +44,5 @@ __all__ = [
     "bootstrap_threshold", "grid_threshold", "logistic_threshold", "theory_gap", "thresholds",
     "control_comparison", "theorem_exponents", "fit_floor_law", "floor_group_columns", "m_star_from_floor_law",
     "floor_exponents", "sensitivity_summary", "sensitivity_table", "cluster_percentile_interval",
-    "instance_thresholds",
+    "instance_thresholds", "beside_thresholds",
 ]

@@ -100,7 +100,7 @@ def _no_interval(fit: dict, X: np.ndarray, y: np.ndarray) -> str:
         return "no interval: exact fit, no residual degrees of freedom"
     beta = np.array(list(fit["estimate"].values()))
     if np.sum((y - X @ beta) ** 2) <= 1e-20 * max(1.0, float(np.sum(y**2))):
-        return "no interval: the fit is exact (zero residuals)"
+        return "no interval: exact fit (zero residuals)"
     return ""
 
 

@@ -312,3 +312,37 @@ def _solve_m(law: pd.DataFrame, cell: pd.Series, eps: float, z: float, alpha: fl
         lo, hi = np.exp(cluster_percentile_interval(np.log(point), np.log(draws), n_clusters, 1 - alpha))
     return {"m_star_floor": point, "m_star_floor_lo": float(lo), "m_star_floor_hi": float(hi),
             "rising_frac": float(np.mean(~np.isfinite(draws))), "note": ""}
+
+
+def beside_thresholds(fit: pd.DataFrame, thresholds: pd.DataFrame, *, rate: float | None = None,
+                      confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """``thresholds`` (one row per cell, criterion and ``eps``, e.g. from
+    :func:`analysis.thresholds.thresholds` or :func:`analysis.thresholds.instance_thresholds`) with the
+    floor law's ``m_star_floor, m_star_floor_lo, m_star_floor_hi, rising_frac`` at the same cell and
+    ``eps'`` beside the direct estimates, for every criterion in the table.
+
+    ``rate`` defaults to the table's ``target`` (``1 - delta_fail``), so both answer "the width at
+    which that fraction of runs reaches ``eps'``".  A group column of the fit that the table lacks is
+    filled when the fit has one value of it, and raises otherwise (keep it in the table with
+    ``strata=`` in :func:`analysis.success.run_success`).
+    """
+    by = floor_group_columns(fit)
+    require_columns(thresholds, ["n", "k", "delta", "eps"], "thresholds")
+    table = add_k_group(thresholds) if K_GROUP in by and K_GROUP not in thresholds.columns else thresholds
+    for col in by:
+        if col not in table.columns:
+            values = fit[col].unique()
+            if len(values) > 1:
+                raise ValueError(f"thresholds lack {col!r}, which takes {list(values)} in the floor law: "
+                                 f"pass strata=({col!r},) to run_success or filter the fit")
+            table = table.assign(**{col: values[0]})
+    if rate is None:
+        require_columns(table, ["target"], "thresholds (or pass rate=)")
+        rates = table["target"].unique()
+        if len(rates) > 1:
+            raise ValueError(f"thresholds mix targets {list(rates)}: pass rate= or split the table")
+        rate = float(rates[0])
+    cells = table[[*by, "n", "k", "delta"]].drop_duplicates()
+    floor = m_star_from_floor_law(fit, sorted(table["eps"].unique()), cells, rate=rate, confidence=confidence)
+    floor = floor.rename(columns={"note": "floor_note"}).drop(columns="rate")
+    return table.merge(floor, on=[*by, "n", "k", "delta", "eps"], how="left")

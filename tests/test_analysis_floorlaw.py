@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from analysis.floorlaw import fit_floor_law, hierarchical_weights, m_star_from_floor_law, tobit_batch
+from analysis.floorlaw import (beside_thresholds, fit_floor_law, hierarchical_weights, m_star_from_floor_law,
+                               tobit_batch)
 from tests.analysis_synth import planted_floor_runs
 
 LAW = {"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}
@@ -128,3 +129,23 @@ def test_m_star_from_the_law_matches_its_closed_form_and_covers_the_truth():
     truth = np.exp((np.log(1e-3) - LAW["c"] - LAW["n"] * np.log(8) - LAW["k"] * np.log(2)) / LAW["m"])
     row = m_star_from_floor_law(fit, 1e-3, cells.iloc[:1]).iloc[0]
     assert row["m_star_floor_lo"] <= truth <= row["m_star_floor_hi"]
+
+
+def test_floor_law_widths_beside_direct_thresholds_for_every_criterion():
+    from analysis.success import run_success, success_rates
+    from analysis.thresholds import thresholds
+    from tests.analysis_synth import floor_curves
+
+    runs = _planted(12, widths=2 ** np.arange(4, 15), seeds=6, train_eps=1e-6)
+    success = run_success(runs, floor_curves(runs), eps_grid=[1e-2, 1e-3], criteria=["interpolation", "regime"])
+    th = thresholds(success_rates(success), delta_fail=0.1, n_boot=0)
+    out = beside_thresholds(fit_floor_law(runs, n_boot=200), th)
+    assert len(out) == len(th) and set(out["criterion"]) == {"interpolation", "regime"}
+    ok = out["m_logistic"].notna()
+    assert ok.mean() > 0.8 and out["m_star_floor"].notna().all()
+    # the law's width at rate 0.9 and the direct logistic estimate answer the same question
+    ratio = np.log(out.loc[ok, "m_logistic"] / out.loc[ok, "m_star_floor"])
+    assert abs(ratio.median()) < 0.3, ratio.describe()
+    with pytest.raises(ValueError, match="mode"):
+        beside_thresholds(fit_floor_law(pd.concat([runs, runs.assign(mode="frozen", run_id=runs["run_id"] + "f")]),
+                                        n_boot=5), th)
