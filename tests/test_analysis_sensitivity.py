@@ -17,7 +17,7 @@ def planted():
     """The same law at two horizons, two instances per cell, runs that settle on their floor and keep
     the bound until they reach it (so every criterion agrees with 'floor <= eps'')."""
     design = dict(law=LAW, ns=(4, 8, 16, 32), ks=(1, 2, 4), widths=2 ** np.arange(4, 17), instances=2, seeds=8,
-                  tau=0.3, sigma=0.3, train_eps=1e-6)
+                  tau=0.2, sigma=0.3, train_eps=1e-6)
     runs = pd.concat([planted_floor_runs(rng_seed=1, t_max=12.0, **design),
                       planted_floor_runs(rng_seed=2, t_max=6.0, **design)], ignore_index=True)
     curves = floor_curves(runs)
@@ -34,9 +34,11 @@ def test_planted_law_reproduced_under_every_variant(planted):
     assert len(table[table["source"] == "floor"]) == len(variants) * 2 * 2
     assert table["estimate"].notna().all() and table["lo"].notna().all()
     truth = table["term"].map(TRUTH)
-    assert (abs(table["estimate"] - truth) < 0.3).all(), table.assign(err=table["estimate"] - truth).sort_values("err")
+    assert (abs(table["estimate"] - truth) < 0.25).all(), table.assign(err=table["estimate"] - truth).sort_values("err")
+    # rows share their data (variants overlap, criteria agree), so this is no independent coverage
+    # count: one unlucky draw of instance effects moves many rows together
     covered = (table["lo"] <= truth) & (truth <= table["hi"])
-    assert covered.mean() >= 0.85, covered.mean()
+    assert covered.mean() >= 0.8, covered.mean()
     # the criteria agree run by run, so their exponents are identical
     pivot = threshold.pivot_table(index=["variant", "horizon", "eps", "term"], columns="criterion", values="estimate")
     np.testing.assert_allclose(pivot["interpolation"], pivot["regime"], rtol=1e-12)
