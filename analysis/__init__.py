@@ -21,7 +21,7 @@ Typical use::
 
 from .defaults import (CELL_KEYS, CONFIDENCE, CRITERIA, EPS_GRID, INTERPOLATION, N_BOOT, REGIME,
                        THEORY_EXPONENTS, THRESHOLD_KEYS)
-from .comparisons import control_comparison, theorem_exponents
+from .comparisons import control_comparison, theorem_exponents, threshold_ratio
 from .fits import fit_exponents
 from .floorlaw import beside_thresholds, fit_floor_law, floor_group_columns, m_star_from_floor_law
 from .load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, Results, load_curves, load_results,
@@ -44,5 +44,5 @@ __all__ = [
     "bootstrap_threshold", "grid_threshold", "logistic_threshold", "theory_gap", "thresholds",
     "control_comparison", "theorem_exponents", "fit_floor_law", "floor_group_columns", "m_star_from_floor_law",
     "floor_exponents", "sensitivity_summary", "sensitivity_table", "cluster_percentile_interval",
-    "instance_thresholds", "beside_thresholds",
+    "instance_thresholds", "beside_thresholds", "threshold_ratio",
 ]

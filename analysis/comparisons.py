@@ -4,6 +4,7 @@
   interval from the bootstrap over data instances then seeds: ReLU vs the frozen-pattern control (how
   much of the floor is the flip floor), ``k = 0`` vs ``k >= 1`` at the same ``n`` (what Sobolev
   training costs), one step factor vs another (is it the flow or the discretisation?).
+- :func:`threshold_ratio`: the same comparisons on the width thresholds themselves.
 - :func:`theorem_exponents`: the exponents of ``m_thm`` over the studied cells.  The theorem's
   constant is unknown (the pipeline takes ``C = 1``), so only its scaling compares with the
   measured exponents; "orders of magnitude below ``m_thm``" inherits that constant.
@@ -21,6 +22,7 @@ from .fits import fit_exponents
 from .floorlaw import FLOOR_N_BOOT, hierarchical_weights
 from .load import require_columns
 from .stats import cluster_percentile_interval
+from .thresholds import instance_counts, instance_threshold_draws, logistic_log_m, with_instances
 
 CONTROL_CELL = ("n", "k", "delta", "bias", "m")
 THEOREM_CAVEAT = "m_thm with C = 1: the theorem's constant is unknown, compare exponents only"
@@ -84,6 +86,54 @@ def control_comparison(runs: pd.DataFrame, *, factor: str, reference, other, los
         else:
             notes.append("no interval: fewer than 2 instances or identical replicates")
         rows.append({**row, "note": "; ".join(notes)})
+    return pd.DataFrame(rows)
+
+
+def threshold_ratio(success: pd.DataFrame, runs: pd.DataFrame | None = None, *, factor: str, reference, other,
+                    delta_fail: float, instance_col: str = "data_seed", n_boot: int = 400, seed: int = 0,
+                    confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Ratio of logistic thresholds ``m*(other) / m*(reference)`` per cell (every key column of
+    ``success`` but ``factor``), with an interval from bootstrapping each arm over its data instances
+    then seeds (:func:`analysis.thresholds.instance_thresholds`), widened for the smaller arm's
+    number of instances.
+
+    success: a :func:`analysis.success.run_success` table holding ``factor`` (a cell key such as
+    ``k``, or a stratum: ``run_success(..., strata=("mode",))``).  E.g. ``factor="k", reference=0,
+    other=2``: the width Sobolev training costs at the same ``n``.  A replicate whose threshold is
+    censored above counts as infinite; a ratio is NaN where an arm's own estimate is censored (said in
+    ``note``).  Returns the cell columns, ``factor, reference, other, m_reference, m_other, ratio, lo,
+    hi, n_instances_reference, n_instances_other, note``.
+    """
+    success = with_instances(success, runs, instance_col)
+    require_columns(success, [factor], "success")
+    keys = [c for c in success.columns if c not in ("m", "run_id", "seed", "success", instance_col, factor)]
+    target = 1 - delta_fail
+    rng = np.random.default_rng(seed)
+    rows = []
+    for key, cell in success[success[factor].isin([reference, other])].groupby(keys, sort=True, dropna=False):
+        row = {**dict(zip(keys, key)), "factor": factor, "reference": reference, "other": other}
+        point, draws, n_inst = {}, {}, {}
+        for name, level in (("reference", reference), ("other", other)):
+            counts = instance_counts(cell[cell[factor] == level], instance_col)
+            pooled = counts.groupby("m")[["successes", "trials"]].sum()
+            point[name] = logistic_log_m(pooled.index.to_numpy(float), *(pooled[c].to_numpy() for c in pooled), target)
+            draws[name] = instance_threshold_draws(counts, target, rng, n_boot)
+            n_inst[name] = counts["_instance"].nunique()
+        row.update(m_reference=np.exp(point["reference"]), m_other=np.exp(point["other"]), ratio=np.nan, lo=np.nan,
+                   hi=np.nan, n_instances_reference=n_inst["reference"], n_instances_other=n_inst["other"], note="")
+        diff = draws["other"] - draws["reference"]
+        diff = diff[~np.isnan(diff)]
+        finite = diff[np.isfinite(diff)]
+        if not all(np.isfinite(v) and n_inst[k] > 0 for k, v in point.items()):
+            row["note"] = "an arm's threshold is censored or undefined: no ratio"
+        elif min(n_inst.values()) < 2 or diff.size < 2 or finite.size == 0 or np.ptp(finite) == 0:
+            row["ratio"] = float(np.exp(point["other"] - point["reference"]))
+            row["note"] = "no interval: fewer than 2 instances per arm or identical replicates"
+        else:
+            centre = point["other"] - point["reference"]
+            lo, hi = cluster_percentile_interval(centre, diff, min(n_inst.values()), confidence)
+            row.update(ratio=float(np.exp(centre)), lo=float(np.exp(lo)), hi=float(np.exp(hi)))
+        rows.append(row)
     return pd.DataFrame(rows)
 
 

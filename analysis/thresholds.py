@@ -164,7 +164,7 @@ def theory_gap(thresholds: pd.DataFrame, runs: pd.DataFrame, m_col: str = "m_sta
     return out
 
 
-def _logistic_log_m(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) -> float:
+def logistic_log_m(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) -> float:
     """``log m`` of a logistic crossing for one bootstrap replicate: ``+inf`` if censored above,
     ``log m_min`` if below (as in :func:`bootstrap_threshold`), NaN if undefined."""
     fit = logistic_threshold(m, s, n, target)
@@ -174,7 +174,7 @@ def _logistic_log_m(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) 
     return {ABOVE: np.inf, BELOW: float(np.log(m.min()))}.get(flag, np.nan)
 
 
-def _instance_draws(counts: pd.DataFrame, target: float, rng: np.random.Generator, n_boot: int) -> np.ndarray:
+def instance_threshold_draws(counts: pd.DataFrame, target: float, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """Replicates of the logistic threshold (``log m``) from resampling data instances with
     replacement, then the seeds of each drawn instance at each width (a binomial draw at the
     instance's observed rate)."""
@@ -192,7 +192,7 @@ def _instance_draws(counts: pd.DataFrame, target: float, rng: np.random.Generato
             np.add.at(s, idx, rng.binomial(trials, g["successes"].to_numpy() / trials))
             np.add.at(n, idx, trials)
         seen = n > 0
-        out[b] = _logistic_log_m(m_all[seen], s[seen], n[seen], target)
+        out[b] = logistic_log_m(m_all[seen], s[seen], n[seen], target)
     return out
 
 
@@ -204,6 +204,27 @@ def _trials_near(m: np.ndarray, n: np.ndarray, m_cross: float) -> float:
     near = [below.max()] if below.size else []
     near += [above.min()] if above.size else []
     return float(min(n[m == w].sum() for w in near))
+
+
+def with_instances(success: pd.DataFrame, runs: pd.DataFrame | None, instance_col: str = "data_seed") -> pd.DataFrame:
+    """A :func:`analysis.success.run_success` table with the data instance of each run, joined from
+    ``runs`` (``run_id, instance_col``) unless it has it already."""
+    require_columns(success, ["m", "run_id", "seed", "success"], "success")
+    if instance_col in success.columns:
+        return success
+    if runs is None:
+        raise ValueError(f"success table lacks {instance_col!r}: pass runs (run_id, {instance_col}) to join it")
+    require_columns(runs, ["run_id", instance_col], "runs")
+    return success.merge(runs[["run_id", instance_col]], on="run_id", how="left", validate="many_to_one")
+
+
+def instance_counts(cell: pd.DataFrame, instance_col: str = "data_seed") -> pd.DataFrame:
+    """Trials and successes per data instance and width of one cell's success rows, with ``_instance``
+    integer codes (a missing instance label is one instance, not a key lost by groupby)."""
+    counts = (cell.groupby([instance_col, "m"], dropna=False)["success"].agg(trials="size", successes="sum")
+              .reset_index())
+    counts["_instance"] = pd.factorize(counts[instance_col], use_na_sentinel=False)[0]
+    return counts
 
 
 def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None, *, delta_fail: float,
@@ -222,21 +243,13 @@ def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None,
     whose replicates all agree, or that has one instance (the interval would hide the scatter
     between instances), has no interval: ``m_lo, m_hi`` NaN, with the reason in ``interval_note``.
     """
-    require_columns(success, ["m", "run_id", "seed", "success"], "success")
-    if instance_col not in success.columns:
-        if runs is None:
-            raise ValueError(f"success table lacks {instance_col!r}: pass runs (run_id, {instance_col}) to join it")
-        require_columns(runs, ["run_id", instance_col], "runs")
-        success = success.merge(runs[["run_id", instance_col]], on="run_id", how="left", validate="many_to_one")
+    success = with_instances(success, runs, instance_col)
     keys = [c for c in success.columns if c not in ("m", "run_id", "seed", "success", instance_col)]
     target = 1 - delta_fail
     rng = np.random.default_rng(seed)
     rows = []
     for key, cell in success.groupby(keys, sort=True, dropna=False):
-        counts = (cell.groupby([instance_col, "m"], dropna=False)["success"].agg(trials="size", successes="sum")
-                  .reset_index())
-        # integer codes: a missing instance label is one instance, not a key lost by groupby
-        counts["_instance"] = pd.factorize(counts[instance_col], use_na_sentinel=False)[0]
+        counts = instance_counts(cell, instance_col)
         pooled = counts.groupby("m")[["trials", "successes"]].sum().reset_index()
         m, s, n = (pooled[c].to_numpy() for c in ("m", "successes", "trials"))
         point = logistic_threshold(m, s, n, target, confidence)
@@ -245,7 +258,7 @@ def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None,
                "trials_near": _trials_near(m, n, point["m_logistic"]), "m_logistic": point["m_logistic"],
                "logistic_censored": point["logistic_censored"], "m_lo": np.nan, "m_hi": np.nan,
                "boot_above_frac": np.nan, "boot_undefined_frac": np.nan, "interval_note": ""}
-        draws = _instance_draws(counts, target, rng, n_boot) if n_boot > 0 else np.empty(0)
+        draws = instance_threshold_draws(counts, target, rng, n_boot) if n_boot > 0 else np.empty(0)
         defined = draws[~np.isnan(draws)]
         if n_boot > 0:
             row["boot_above_frac"] = float(np.mean(draws == np.inf))

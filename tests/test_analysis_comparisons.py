@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from analysis.comparisons import control_comparison, theorem_exponents
+from analysis.comparisons import control_comparison, theorem_exponents, threshold_ratio
 from tests.analysis_synth import complete_runs, planted_floor_runs
 
 LAW = {"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}
@@ -63,3 +63,24 @@ def test_theorem_exponents_over_the_cells():
     for term, value in {"p": 6.0, "q": 3.0, "r": -3.0}.items():
         assert fit.loc[term, "lo"] <= value <= fit.loc[term, "hi"] and abs(fit.loc[term, "estimate"] - value) < 0.2
     assert fit.loc["p", "n_cells"] == 24 and fit["caveat"].str.contains("constant is unknown").all()
+
+
+def test_threshold_ratio_of_k_zero_and_k_two_recovered():
+    from analysis.success import run_success
+    from tests.analysis_synth import planted_cell
+
+    rng = np.random.default_rng(6)
+    parts = []
+    for n in range(6):  # six cells, each with a k = 0 arm at m* = 2^7 and a k = 2 arm at 4 x 2^7
+        for k, m_star in ((0, 2.0**7), (2, 4 * 2.0**7)):
+            for i in range(4):  # data instances shift the threshold by exp(u), u ~ N(0, 0.2)
+                parts.append(planted_cell(m_star * np.exp(rng.normal(0, 0.2)), seeds=16, slope=3.0, target=0.9,
+                                          rng=rng, span=5, n=n + 4, k=k, data_seed=i))
+    runs = complete_runs(pd.concat(parts, ignore_index=True))
+    runs = runs[runs["m"].between(2**4, 2**12)]
+    success = run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
+    out = threshold_ratio(success, runs, factor="k", reference=0, other=2, delta_fail=0.1, n_boot=80)
+    assert len(out) == 6 and (out["n_instances_other"] == 4).all() and (out["note"] == "").all()
+    assert ((out["lo"] <= 4) & (4 <= out["hi"])).mean() >= 5 / 6
+    assert not ((out["lo"] <= 1) & (1 <= out["hi"])).any()  # "no cost" is excluded
+    assert np.median(np.log(out["ratio"] / 4)) == pytest.approx(0, abs=0.25)
