@@ -16,10 +16,11 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import special
 
 from .defaults import CONFIDENCE, N_BOOT, THRESHOLD_KEYS
 from .load import require_columns
-from .stats import cluster_percentile_interval, logistic_crossing
+from .stats import cluster_percentile_interval, firth_logistic_batch, logistic_crossing
 from .success import RATE_STATS
 
 NOT_CENSORED = "none"
@@ -174,26 +175,44 @@ def logistic_log_m(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) -
     return {ABOVE: np.inf, BELOW: float(np.log(m.min()))}.get(flag, np.nan)
 
 
+def logistic_log_m_batch(m: np.ndarray, s: np.ndarray, n: np.ndarray, target: float) -> np.ndarray:
+    """:func:`logistic_log_m` for many replicates on one width grid (``s, n`` of shape ``(B, widths)``,
+    zero-trial widths ignored), by the batched Firth fit."""
+    x = np.log(np.asarray(m, dtype=float))
+    centre = float(x.mean())
+    beta, ok = firth_logistic_batch(x - centre, s, n)
+    seen = n > 0
+    x_min = np.where(seen, x, np.inf).min(axis=1)
+    x_max = np.where(seen, x, -np.inf).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cross = centre + (special.logit(target) - beta[:, 0]) / beta[:, 1]
+    out = np.where(ok & (beta[:, 1] > 0), cross, np.nan)
+    out = np.where(out > x_max, np.inf, np.where(out < x_min, x_min, out))
+    out = np.where(seen.sum(axis=1) < 2, np.nan, out)
+    total, succ = n.sum(axis=1), s.sum(axis=1)
+    return np.where(succ == 0, np.inf, np.where(succ == total, x_min, out))
+
+
 def instance_threshold_draws(counts: pd.DataFrame, target: float, rng: np.random.Generator, n_boot: int) -> np.ndarray:
     """Replicates of the logistic threshold (``log m``) from resampling data instances with
-    replacement, then the seeds of each drawn instance at each width (a binomial draw at the
-    instance's observed rate)."""
-    instances = counts["_instance"].unique()
-    by_instance = {i: g for i, g in counts.groupby("_instance", sort=False)}
-    m_all = np.sort(counts["m"].unique())
-    out = np.empty(n_boot)
-    for b in range(n_boot):
-        s = np.zeros(len(m_all))
-        n = np.zeros(len(m_all))
-        for i in rng.choice(instances, size=len(instances), replace=True):
-            g = by_instance[i]
-            idx = np.searchsorted(m_all, g["m"].to_numpy())
-            trials = g["trials"].to_numpy()
-            np.add.at(s, idx, rng.binomial(trials, g["successes"].to_numpy() / trials))
-            np.add.at(n, idx, trials)
-        seen = n > 0
-        out[b] = logistic_log_m(m_all[seen], s[seen], n[seen], target)
-    return out
+    replacement, then the seeds of each drawn instance at each width.
+
+    ``c`` copies of an instance with ``N`` seeds at a width, each resampled, add up to one
+    ``Binomial(c N, rate)`` draw at the instance's observed rate, which is what is drawn.
+    """
+    if counts.empty:
+        return np.full(n_boot, np.inf)
+    table = counts.pivot_table(index="_instance", columns="m", values=["trials", "successes"], aggfunc="sum",
+                               fill_value=0)
+    trials, succ = table["trials"].to_numpy(float), table["successes"].to_numpy(float)
+    m = table["trials"].columns.to_numpy(float)
+    n_inst = trials.shape[0]
+    copies = rng.multinomial(n_inst, np.full(n_inst, 1 / n_inst), size=n_boot)  # (B, instances)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rate = np.where(trials > 0, succ / trials, 0.0)
+    n = copies[:, :, None] * trials[None].astype(np.int64)
+    s = rng.binomial(n, rate[None]).sum(axis=1)
+    return logistic_log_m_batch(m, s, n.sum(axis=1), target)
 
 
 def _trials_near(m: np.ndarray, n: np.ndarray, m_cross: float) -> float:

@@ -119,12 +119,12 @@ def test_instance_bootstrap_covers_planted_threshold():
     rng = np.random.default_rng(0)
     m_star, tau, slope = 2**8 * 1.3, 0.3, 3.0
     truth = _mixture_crossing(m_star, tau, slope)
-    cells = [_instances_cell(m_star, instances=6, tau=tau, seeds=16, slope=slope, rng=rng, n=j) for j in range(30)]
+    cells = [_instances_cell(m_star, instances=8, tau=tau, seeds=16, slope=slope, rng=rng, n=j) for j in range(30)]
     runs = complete_runs(pd.concat(cells, ignore_index=True))
     success = run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
-    th = instance_thresholds(success, runs, delta_fail=DELTA_FAIL, n_boot=100, seed=1)
-    assert len(th) == 30 and (th["n_instances"] == 6).all() and (th["interval_note"] == "").all()
-    assert (th["trials_near"] >= 16 * 6).all()
+    th = instance_thresholds(success, runs, delta_fail=DELTA_FAIL, n_boot=400, seed=1)
+    assert len(th) == 30 and (th["n_instances"] == 8).all() and (th["interval_note"] == "").all()
+    assert (th["trials_near"] >= 16 * 8).all()
     covered = (th["m_lo"] <= truth) & (truth <= th["m_hi"])
     assert covered.mean() >= 0.85, covered.mean()
     wrong = ((th["m_lo"] <= 2 * truth) & (2 * truth <= th["m_hi"])) | ((th["m_lo"] <= truth / 2) & (truth / 2 <= th["m_hi"]))
