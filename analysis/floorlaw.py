@@ -143,9 +143,9 @@ def tobit_batch(X: np.ndarray, t: np.ndarray, censored: np.ndarray, W: np.ndarra
     return phi[:, :-1] / phi[:, -1:], 1 / phi[:, -1], ok
 
 
-def _prepare(runs: pd.DataFrame, loss_col: str, censor_col: str | None) -> tuple[pd.DataFrame, int]:
-    """Usable runs with ``_t`` (log loss or log limit) and ``_censored``; also how many were dropped
-    for a non-positive or missing loss."""
+def _prepare(runs: pd.DataFrame, loss_col: str, censor_col: str | None) -> pd.DataFrame:
+    """Runs not diverged/failed with ``_t`` (log loss or log limit), ``_censored`` and ``_bad`` (no
+    positive finite loss: left out of the fit, counted in its group's note)."""
     runs = runs[~runs["status"].isin(FAILED_STATUSES)]
     loss = runs[loss_col].to_numpy(float)
     if censor_col is None:
@@ -156,8 +156,7 @@ def _prepare(runs: pd.DataFrame, loss_col: str, censor_col: str | None) -> tuple
         censored = (runs["status"] == STOPPED_AT_EPS).to_numpy() | (loss <= limit)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(censored, np.log(limit), np.log(loss))
-    keep = np.isfinite(t)
-    return runs[keep].assign(_t=t[keep], _censored=censored[keep]), int((~keep).sum())
+    return runs.assign(_t=t, _censored=censored, _bad=~np.isfinite(t))
 
 
 def _percentiles(point: np.ndarray, draws: np.ndarray, n_clusters: int,
@@ -236,12 +235,13 @@ def fit_floor_law(runs: pd.DataFrame, *, loss_col: str = "final_rel_loss", terms
     if "k" in terms and K_GROUP not in by and (runs["k"] == 0).any():
         raise ValueError("k = 0 runs have no log k: keep them apart with by=(..., 'k_group') or drop 'k' from terms")
     require_columns(runs, by, "runs")
-    data, n_bad = _prepare(runs, loss_col, censor_col)
+    data = _prepare(runs, loss_col, censor_col)
     rng = np.random.default_rng(seed)
     out = []
     for key, group in data.groupby(by, sort=True, dropna=False) if by else [((), data)]:
         key = dict(zip(by, key if isinstance(key, tuple) else (key,)))
-        rows, common = _fit_group(group, terms, n_boot, rng, confidence)
+        n_bad = int(group["_bad"].sum())
+        rows, common = _fit_group(group[~group["_bad"]], terms, n_boot, rng, confidence)
         if n_bad:
             common["note"] = "; ".join(filter(None, [common["note"], f"{n_bad} run(s) without a positive {loss_col}"]))
         if not rows:

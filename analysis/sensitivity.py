@@ -108,7 +108,7 @@ def _floor_rows(runs, loss_col, terms, n_boot, seed, confidence) -> list[dict]:
 def sensitivity_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, criteria: Sequence[str] = CRITERIA,
                       eps_grid: Sequence[float] = SENSITIVITY_EPS, horizons: Sequence[float] | None = None,
                       leave_out: Sequence[str] = LEAVE_OUT, delta_fail: float = 0.1, m_col: str = "m_logistic",
-                      terms: Sequence[str] = ("p", "q"), floor_loss_col: str | None = "final_rel_loss",
+                      terms: Sequence[str] = ("p", "q"), floor_loss_col: str | Sequence[str] | None = "final_rel_loss",
                       floor_n_boot: int = 200, seed: int = 0, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Every exponent in ``terms`` under each variant of the analysis, as one long table.
 
@@ -119,8 +119,9 @@ def sensitivity_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *,
     horizon (``horizons``, default every ``t_max`` present).  Per variant and horizon: threshold
     exponents (``source = "threshold"``) for each criterion and ``eps'`` (a tolerance below the
     training ``eps`` of runs that stopped there gives a row with the reason in ``note``), and the
-    floor-law exponents of ``floor_loss_col`` (``source = "floor"``, ``eps`` NaN: the law's exponents
-    of ``m*`` do not depend on ``eps'``; ``None`` skips it).
+    floor-law exponents of each loss column in ``floor_loss_col`` (``source = "floor"``, ``criterion =
+    "floor:<column>"``, ``eps`` NaN: the law's exponents of ``m*`` do not depend on ``eps'``; ``None``
+    skips them), e.g. ``("final_rel_loss", "min_rel_loss")``.
 
     Returns ``variant, horizon, source, criterion, eps, bias, term, estimate, lo, hi, n_cells, note``.
     """
@@ -132,6 +133,7 @@ def sensitivity_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *,
     if unknown:
         raise ValueError(f"terms {unknown} unknown; choose from {sorted(EXPONENT_TERMS)}")
     horizons = sorted(runs["t_max"].unique()) if horizons is None else list(horizons)
+    floor_cols = [] if floor_loss_col is None else [floor_loss_col] if isinstance(floor_loss_col, str) else list(floor_loss_col)
     rows = []
     for horizon in horizons:
         at_h = runs[runs["t_max"] == horizon]
@@ -139,8 +141,8 @@ def sensitivity_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *,
             raise ValueError(f"horizons: no runs with t_max={horizon}; present: {sorted(runs['t_max'].unique())}")
         for variant, sub in _variants(at_h, leave_out):
             part = _threshold_rows(sub, curves, criteria, eps_grid, list(terms), delta_fail, m_col, confidence)
-            if floor_loss_col is not None:
-                part += _floor_rows(sub, floor_loss_col, terms, floor_n_boot, seed, confidence)
+            for loss_col in floor_cols:
+                part += _floor_rows(sub, loss_col, terms, floor_n_boot, seed, confidence)
             rows += [{"variant": variant, "horizon": float(horizon), **r} for r in part]
     return pd.DataFrame(rows, columns=SENSITIVITY_COLUMNS)
 

@@ -149,3 +149,11 @@ def test_floor_law_widths_beside_direct_thresholds_for_every_criterion():
     with pytest.raises(ValueError, match="mode"):
         beside_thresholds(fit_floor_law(pd.concat([runs, runs.assign(mode="frozen", run_id=runs["run_id"] + "f")]),
                                         n_boot=5), th)
+
+
+def test_runs_without_a_positive_loss_are_left_out_and_counted_per_group():
+    runs = _planted(13)
+    runs.loc[runs.index[:5], "final_rel_loss"] = np.nan
+    runs.loc[runs.index[5], "status"] = "diverged"
+    fit = fit_floor_law(runs, n_boot=20).set_index("term")
+    assert fit.loc["m", "n_runs"] == len(runs) - 6 and "5 run(s) without a positive final_rel_loss" in fit.loc["m", "note"]

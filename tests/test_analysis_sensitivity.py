@@ -55,6 +55,9 @@ def test_tolerance_below_training_eps_is_a_note_and_bad_input_named(planted):
     table = sensitivity_table(one, curves, criteria=("interpolation",), eps_grid=(1e-7,), leave_out=(),
                               floor_loss_col=None)
     assert len(table) == 1 and table["note"].iloc[0].startswith("not judgeable") and table["estimate"].isna().all()
+    both = sensitivity_table(one, curves, criteria=(), leave_out=(), floor_loss_col=("final_rel_loss", "min_rel_loss"),
+                             floor_n_boot=50)
+    assert set(both["criterion"]) == {"floor:final_rel_loss", "floor:min_rel_loss"} and len(both) == 4
     with pytest.raises(ValueError, match="k = 0"):
         sensitivity_table(one.assign(k=0), curves)
     with pytest.raises(ValueError, match="leave_out"):
