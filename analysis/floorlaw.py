@@ -235,6 +235,10 @@ def fit_floor_law(runs: pd.DataFrame, *, loss_col: str = "final_rel_loss", terms
     if "k" in terms and K_GROUP not in by and (runs["k"] == 0).any():
         raise ValueError("k = 0 runs have no log k: keep them apart with by=(..., 'k_group') or drop 'k' from terms")
     require_columns(runs, by, "runs")
+    # k = 0 has its own group, where the k term is constant and dropped
+    bad = [t for t in terms if ((runs[t] <= 0) & ~((t == "k") & (runs[t] == 0))).any()]
+    if bad:
+        raise ValueError(f"runs columns {bad} have values <= 0, which have no logarithm: filter those runs out")
     data = _prepare(runs, loss_col, censor_col)
     rng = np.random.default_rng(seed)
     out = []

@@ -17,7 +17,7 @@ import pandas as pd
 
 from .defaults import CONFIDENCE, CRITERIA, EXPONENT_TERMS, THEORY_EXPONENTS
 from .fits import fit_exponents
-from .floorlaw import fit_floor_law
+from .floorlaw import fit_floor_law, floor_group_columns
 from .load import require_columns
 from .stats import cluster_percentile_interval
 from .success import UnjudgeableToleranceError, run_success, success_rates
@@ -70,8 +70,7 @@ def floor_exponents(fit: pd.DataFrame, terms: Sequence[str] = ("p", "q", "r"),
     """Exponents of ``m*(eps')`` implied by a floor law: ``p = -a_n / a_m`` etc., per group of ``fit``
     (a :func:`analysis.floorlaw.fit_floor_law` table), with intervals from its bootstrap replicates.
     Returns the group columns, ``term, estimate, lo, hi, n_instances, note``."""
-    by = [c for c in fit.columns if c not in ("term", "estimate", "se", "lo", "hi", "n_runs", "n_instances",
-                                              "n_censored", "n_boot_ok", "note", "interval_note", "draws")]
+    by = floor_group_columns(fit)
     rows = []
     for key, law in fit.groupby(by, sort=True, dropna=False) if by else [((), fit)]:
         key = dict(zip(by, key if isinstance(key, tuple) else (key,)))

@@ -157,3 +157,11 @@ def test_runs_without_a_positive_loss_are_left_out_and_counted_per_group():
     runs.loc[runs.index[5], "status"] = "diverged"
     fit = fit_floor_law(runs, n_boot=20).set_index("term")
     assert fit.loc["m", "n_runs"] == len(runs) - 6 and "5 run(s) without a positive final_rel_loss" in fit.loc["m", "note"]
+
+
+def test_bad_input_named_before_any_work():
+    runs = _planted(14)
+    with pytest.raises(ValueError, match=r"\['delta'\].*<= 0"):
+        fit_floor_law(runs.assign(delta=np.where(runs["n"] == 4, 0.0, 0.5)), n_boot=5)
+    with pytest.raises(Exception, match="final_rel_loss"):
+        fit_floor_law(runs.drop(columns="final_rel_loss"))
