@@ -259,7 +259,7 @@ def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None,
     column but ``m, run_id, seed, success, instance_col``), ``target, n_widths, n_instances,
     trials_min, trials_near`` (seeds at the widths bracketing the crossing), ``m_logistic,
     logistic_censored, m_lo, m_hi, boot_above_frac, boot_undefined_frac, interval_note``.  A cell
-    whose replicates all agree, or that has one instance (the interval would hide the scatter
+    whose threshold is censored, whose replicates all agree, or that has one instance (the interval would hide the scatter
     between instances), has no interval: ``m_lo, m_hi`` NaN, with the reason in ``interval_note``.
     """
     success = with_instances(success, runs, instance_col)
@@ -282,17 +282,18 @@ def instance_thresholds(success: pd.DataFrame, runs: pd.DataFrame | None = None,
         if n_boot > 0:
             row["boot_above_frac"] = float(np.mean(draws == np.inf))
             row["boot_undefined_frac"] = float(np.mean(np.isnan(draws)))
-        row["interval_note"] = _interval_reason(n_boot, defined, row["n_instances"])
+        row["interval_note"] = _interval_reason(n_boot, defined, row["n_instances"], point["logistic_censored"])
         if not row["interval_note"]:
-            centre = np.log(point["m_logistic"]) if np.isfinite(point["m_logistic"]) else np.median(defined)
-            lo, hi = cluster_percentile_interval(centre, defined, row["n_instances"], confidence)
+            lo, hi = cluster_percentile_interval(np.log(point["m_logistic"]), defined, row["n_instances"], confidence)
             row["m_lo"], row["m_hi"] = float(np.exp(lo)), float(np.exp(hi))
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def _interval_reason(n_boot: int, defined: np.ndarray, n_instances: int) -> str:
+def _interval_reason(n_boot: int, defined: np.ndarray, n_instances: int, censored: str) -> str:
     """Why a cell gets no interval ("" when it gets one)."""
+    if censored != NOT_CENSORED:
+        return f"no interval: the threshold itself is censored ({censored})"
     if n_boot == 0:
         return "no interval: no bootstrap asked for"
     if n_instances < 2:

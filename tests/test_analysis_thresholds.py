@@ -148,5 +148,11 @@ def test_no_interval_for_one_instance_or_identical_replicates():
     assert th.loc[4, "logistic_censored"] == NOT_CENSORED and 2**8 < th.loc[4, "m_logistic"] < 2**9
     assert th.loc[4, "interval_note"].endswith("same value") and np.isnan(th.loc[4, "m_lo"])
     assert "one data instance" in th.loc[5, "interval_note"] and np.isnan(th.loc[5, "m_hi"])
+    never = complete_runs(pd.DataFrame({"n": 6, "m": widths, "data_seed": np.tile([0, 1], widths.size // 2),
+                                        "status": "budget", "min_rel_loss": 0.5}))
+    out = instance_thresholds(run_success(never, eps_grid=[1e-2], criteria=["interpolation"]), never,
+                              delta_fail=DELTA_FAIL, n_boot=50).iloc[0]
+    assert out["logistic_censored"] == ABOVE and "censored (above)" in out["interval_note"]
+    assert out["boot_above_frac"] == 1.0 and np.isnan(out["m_lo"])
     with pytest.raises(ValueError, match="data_seed"):
         instance_thresholds(run_success(runs, eps_grid=[1e-2], criteria=["interpolation"]), delta_fail=0.1)
