@@ -49,6 +49,7 @@ def fit_exponents(thresholds: pd.DataFrame, *, m_col: str = "m_star", terms: Seq
     Returns one row per group and term: the group columns, ``term`` (``c, p, q, r``), ``regressor``,
     ``estimate, se, lo, hi`` (t-interval), ``theory`` (from ``theory[bias]``, NaN if none),
     ``theory_in_interval``, ``n_cells``, ``n_censored``, ``dof``, ``note`` (why a fit is missing),
+    ``interval_note`` (why ``se, lo, hi`` are NaN: an exact fit has no interval, never a zero-width one),
     and with ``n_boot > 0`` ``boot_lo, boot_hi`` (percentile bootstrap over cells).
     """
     by = [c for c in ("bias", "criterion", "eps") if c in thresholds.columns] if by is None else list(by)
@@ -71,19 +72,36 @@ def fit_exponents(thresholds: pd.DataFrame, *, m_col: str = "m_star", terms: Seq
             except ValueError as err:
                 note = str(err)
         boot = _bootstrap(X, y, names, rng, n_boot, confidence) if fit is not None and n_boot > 0 else None
+        interval_note = _no_interval(fit, X, y) if fit is not None else "no interval: no fit"
         for name in names:
             reference = theory.get(key.get("bias"), {}).get(name, np.nan) if "bias" in key else np.nan
             row = {**key, "term": name, "regressor": EXPONENT_TERMS.get(name, "1"), "theory": reference,
                    **common, "note": note}
             for stat in ("estimate", "se", "lo", "hi"):
-                row[stat] = fit[stat][name] if fit else np.nan
+                row[stat] = fit[stat][name] if fit and (stat == "estimate" or not interval_note) else np.nan
+            row["interval_note"] = interval_note
             row["theory_in_interval"] = bool(fit) and row["lo"] <= reference <= row["hi"]
             if n_boot > 0:
                 row["boot_lo"], row["boot_hi"] = boot[name] if boot else (np.nan, np.nan)
+                # resampling an exact fit gives the same fit every time (up to rounding)
+                if interval_note or np.isclose(row["boot_lo"], row["boot_hi"], rtol=1e-9, atol=1e-12):
+                    row["boot_lo"] = row["boot_hi"] = np.nan
             rows.append(row)
     columns = [*by, "term", "regressor", "estimate", "se", "lo", "hi", "theory", "theory_in_interval",
-               "n_cells", "n_censored", "dof", "note"] + (["boot_lo", "boot_hi"] if n_boot > 0 else [])
+               "n_cells", "n_censored", "dof", "note", "interval_note"] + (["boot_lo", "boot_hi"] if n_boot > 0 else [])
     return pd.DataFrame(rows, columns=columns)
+
+
+def _no_interval(fit: dict, X: np.ndarray, y: np.ndarray) -> str:
+    """Why a fit has no interval ("" if it has one).  An exact fit (no residual degrees of freedom,
+    or residuals that vanish, as when every threshold sits at the same tested width) says nothing
+    about uncertainty: a zero-width interval would claim certainty it does not have."""
+    if fit["dof"] == 0:
+        return "no interval: exact fit, no residual degrees of freedom"
+    beta = np.array(list(fit["estimate"].values()))
+    if np.sum((y - X @ beta) ** 2) <= 1e-20 * max(1.0, float(np.sum(y**2))):
+        return "no interval: exact fit (zero residuals)"
+    return ""
 
 
 def _bootstrap(X: np.ndarray, y: np.ndarray, names: list[str], rng: np.random.Generator, n_boot: int,

@@ -86,7 +86,7 @@ def exponent_table(exponents: pd.DataFrame, terms: Sequence[str] | None = None, 
     require_columns(exponents, ["term", "estimate", "lo", "hi", "theory", "n_cells", "n_censored", "note"],
                     "exponents")
     stat_cols = {"term", "regressor", "estimate", "se", "lo", "hi", "theory", "theory_in_interval", "n_cells",
-                 "n_censored", "dof", "note", "boot_lo", "boot_hi"}
+                 "n_censored", "dof", "note", "interval_note", "boot_lo", "boot_hi"}
     by = [c for c in exponents.columns if c not in stat_cols]
     if terms is None:
         terms = [t for t in ("p", "q", "r") if t in set(exponents["term"])] or ["p", "q"]
@@ -109,7 +109,8 @@ def exponent_table(exponents: pd.DataFrame, terms: Sequence[str] | None = None, 
             notes.append(f"not enough uncensored cells to fit an exponent ({int(first['n_cells'])} uncensored, "
                          f"{int(first['n_censored'])} censored)")
         elif not np.isfinite(fit.loc["c", "se"] if "se" in fit.columns else np.nan):
-            notes.append("exact fit: as many uncensored cells as parameters, no interval")
+            notes.append(str(first.get("interval_note") or "")
+                         or "exact fit: as many uncensored cells as parameters, no interval")
         some_term = fitted and any(t in fit.index for t in EXPONENT_TERMS)
         for term in shown:
             if term in fit.index and np.isfinite(fit.loc[term, "estimate"]):

@@ -93,3 +93,23 @@ def test_too_few_or_collinear_cells_give_a_note_not_a_number():
 def test_missing_column_named():
     with pytest.raises(MissingColumnError, match="m_star"):
         fit_exponents(_external().drop(columns="m_star"))
+
+
+def test_exact_fits_have_no_interval_not_a_zero_width_one():
+    # an exact power law: residuals vanish, so the t-interval would have zero width
+    fit = fit_exponents(_external(), n_boot=50).set_index("term")
+    np.testing.assert_allclose(fit.loc["p", "estimate"], 6.0, atol=1e-9)
+    assert fit[["se", "lo", "hi", "boot_lo", "boot_hi"]].isna().all().all()
+    assert fit["interval_note"].str.contains("exact").all() and not fit["theory_in_interval"].any()
+    # as many cells as parameters: no residual degrees of freedom
+    df = _external()
+    df = df[(df["delta"] == 0.5) & df["censored"].isin(["", None]) & df["n"].isin([8, 16])]
+    df = df.assign(m_star=df["m_star"] * np.exp(np.random.default_rng(0).normal(0, 0.1, len(df))))
+    three = df[((df["n"] == 8) & (df["k"] <= 2)) | ((df["n"] == 16) & (df["k"] == 1))]  # (8, 1), (8, 2), (16, 1)
+    assert three["n"].nunique() == 2 and three["k"].nunique() == 2
+    tight = fit_exponents(three, terms=("p", "q"))
+    assert (tight["dof"] == 0).all() and tight["lo"].isna().all()
+    assert tight["interval_note"].str.contains("no residual degrees of freedom").all()
+    # with noise and spare cells the interval is back
+    loose = fit_exponents(df, terms=("p", "q"))
+    assert (loose["dof"] > 0).all() and loose["lo"].notna().all() and (loose["interval_note"] == "").all()

@@ -91,3 +91,22 @@ def test_firth_maximises_the_penalised_likelihood(successes):
     reference = optimize.minimize(negative, np.zeros(2), method="Nelder-Mead",
                                   options={"xatol": 1e-10, "fatol": 1e-14, "maxiter": 10000}).x
     np.testing.assert_allclose(firth_logistic(x, s, trials)[0], reference, atol=1e-5)
+
+
+def test_batched_firth_matches_the_single_fit_replicate_by_replicate():
+    from analysis.stats import firth_logistic_batch
+
+    rng = np.random.default_rng(0)
+    x = np.linspace(-2, 2, 7)
+    n = rng.integers(0, 12, size=(60, 7))
+    n[:5, 3:] = 0  # a few replicates with zero-trial widths
+    s = rng.binomial(n, special.expit(1.5 * x))
+    s[5] = np.where(x > 0, n[5], 0)  # complete separation: Firth stays finite
+    beta, ok = firth_logistic_batch(x, s, n)
+    assert ok.all()
+    for b in range(len(s)):
+        keep = n[b] > 0
+        single, _ = firth_logistic(x[keep], s[b][keep], n[b][keep])
+        np.testing.assert_allclose(beta[b], single, atol=1e-7)
+    _, ok_one = firth_logistic_batch(x, np.where(np.arange(7) == 2, s, 0), np.where(np.arange(7) == 2, n, 0))
+    assert not ok_one.any()  # one width: no slope to fit

@@ -2,9 +2,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scipy import optimize
+
 from analysis.success import run_success, success_rates
-from analysis.thresholds import ABOVE, BELOW, NOT_CENSORED, grid_threshold, logistic_threshold, theory_gap, thresholds
-from tests.analysis_synth import TOL, complete_runs, planted_cell, planted_runs
+from analysis.thresholds import (ABOVE, BELOW, NOT_CENSORED, grid_threshold, instance_thresholds, logistic_threshold,
+                                 theory_gap, thresholds)
+from tests.analysis_synth import TOL, complete_runs, planted_cell, planted_runs, success_probability
 
 DELTA_FAIL = 0.1
 TARGET = 1 - DELTA_FAIL
@@ -93,3 +96,63 @@ def test_theory_gap_in_orders_of_magnitude():
     np.testing.assert_allclose(out["m_thm"], [1e6, 1e8, 1e9])  # median over the cell's runs
     np.testing.assert_allclose(out["log10_gap"], [-4, np.nan, np.nan])
     np.testing.assert_allclose(out["log10_gap_bound"], [np.nan, -4, -8])
+
+
+def _instances_cell(m_star, *, instances, tau, seeds, slope, rng, span=4, **columns):
+    """One cell whose data instances shift the threshold by a factor exp(u), u ~ N(0, tau)."""
+    parts = [planted_cell(m_star * np.exp(rng.normal(0, tau)), seeds=seeds, slope=slope, target=TARGET, rng=rng,
+                          span=span, data_seed=i, **columns) for i in range(instances)]
+    widths = sorted(set.intersection(*(set(p["m"]) for p in parts)))
+    return pd.concat([p[p["m"].isin(widths)] for p in parts], ignore_index=True)
+
+
+def _mixture_crossing(m_star, tau, slope):
+    """Width where the success probability averaged over instances crosses the target (Gauss-Hermite
+    quadrature over u, then a root in log m): the threshold the pooled fit estimates."""
+    u, w = np.polynomial.hermite_e.hermegauss(40)
+    w = w / w.sum()
+    rate = lambda x: np.sum(w * success_probability(np.exp(x), m_star * np.exp(tau * u), slope, TARGET)) - TARGET
+    return np.exp(optimize.brentq(rate, np.log(m_star) - 10, np.log(m_star) + 10))
+
+
+def test_instance_bootstrap_covers_planted_threshold():
+    rng = np.random.default_rng(0)
+    m_star, tau, slope = 2**8 * 1.3, 0.3, 3.0
+    truth = _mixture_crossing(m_star, tau, slope)
+    cells = [_instances_cell(m_star, instances=8, tau=tau, seeds=16, slope=slope, rng=rng, n=j) for j in range(30)]
+    runs = complete_runs(pd.concat(cells, ignore_index=True))
+    success = run_success(runs, eps_grid=[1e-2], criteria=["interpolation"])
+    th = instance_thresholds(success, runs, delta_fail=DELTA_FAIL, n_boot=400, seed=1)
+    assert len(th) == 30 and (th["n_instances"] == 8).all() and (th["interval_note"] == "").all()
+    assert (th["trials_near"] >= 16 * 8).all()
+    covered = (th["m_lo"] <= truth) & (truth <= th["m_hi"])
+    assert covered.mean() >= 0.85, covered.mean()
+    wrong = ((th["m_lo"] <= 2 * truth) & (2 * truth <= th["m_hi"])) | ((th["m_lo"] <= truth / 2) & (truth / 2 <= th["m_hi"]))
+    assert wrong.mean() <= 0.1, wrong.mean()
+    # seeds alone (the per-width delta-method interval) understate the scatter between instances
+    seeds_only = (th["m_hi"] / th["m_lo"]).median()
+    rates = _rates(runs)
+    delta = thresholds(rates, delta_fail=DELTA_FAIL, n_boot=0)
+    assert (delta["m_logistic_hi"] / delta["m_logistic_lo"]).median() < seeds_only
+
+
+def test_no_interval_for_one_instance_or_identical_replicates():
+    widths = np.repeat(2 ** np.arange(6, 12), 16)
+    sharp = pd.DataFrame({"n": 4, "m": widths, "data_seed": np.tile([0, 1], widths.size // 2),
+                          "status": np.where(widths >= 2**9, "converged", "budget"),
+                          "min_rel_loss": np.where(widths >= 2**9, 1e-7, 0.5)})
+    one = planted_cell(2**8, seeds=16, slope=3.0, target=TARGET, rng=np.random.default_rng(2), span=3, n=5)
+    runs = complete_runs(pd.concat([sharp, one], ignore_index=True))
+    th = instance_thresholds(run_success(runs, eps_grid=[1e-2], criteria=["interpolation"]), runs,
+                             delta_fail=DELTA_FAIL, n_boot=100).set_index("n")
+    assert th.loc[4, "logistic_censored"] == NOT_CENSORED and 2**8 < th.loc[4, "m_logistic"] < 2**9
+    assert th.loc[4, "interval_note"].endswith("same value") and np.isnan(th.loc[4, "m_lo"])
+    assert "one data instance" in th.loc[5, "interval_note"] and np.isnan(th.loc[5, "m_hi"])
+    never = complete_runs(pd.DataFrame({"n": 6, "m": widths, "data_seed": np.tile([0, 1], widths.size // 2),
+                                        "status": "budget", "min_rel_loss": 0.5}))
+    out = instance_thresholds(run_success(never, eps_grid=[1e-2], criteria=["interpolation"]), never,
+                              delta_fail=DELTA_FAIL, n_boot=50).iloc[0]
+    assert out["logistic_censored"] == ABOVE and "censored (above)" in out["interval_note"]
+    assert out["boot_above_frac"] == 1.0 and np.isnan(out["m_lo"])
+    with pytest.raises(ValueError, match="data_seed"):
+        instance_thresholds(run_success(runs, eps_grid=[1e-2], criteria=["interpolation"]), delta_fail=0.1)
