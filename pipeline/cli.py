@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sync":
             uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
             check_reachable(uri)
-            tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": out})
+            tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": out, "kind": "sync"})
             n = sync(tracker, __import__("pathlib").Path(out))
             tracker.close()
             print(f"synced {n} runs from {out} to {uri}")

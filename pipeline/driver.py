@@ -20,7 +20,7 @@ from .config import SweepConfig
 from .grid import TaskSpec, plan
 from .pool import TaskPool
 from .results import ResultsError, archive, check_manifest, done_run_ids, prepare, quarantine_corrupt, write_task
-from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
+from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, runs_link, sync
 
 
 @dataclass
@@ -39,6 +39,7 @@ class SweepReport:
     mlflow_time: float = 0.0
     out: Path = Path(".")
     tracking_uri: str | None = None
+    experiment_id: str | None = None  # for the direct link to the runs table
     quarantined: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was set aside, and why
     errors: list[str] = field(default_factory=list)
@@ -65,10 +66,12 @@ class SweepReport:
                f"training {self.train_time:.1f} s of the wall time (some task training); everything else "
                f"(Ray, MLflow, Parquet, start-up) {100 * share:.0f}%",
                f"results: {self.out / 'runs'} and {self.out / 'curves'} (Parquet)"]
-        if self.tracking_uri:
-            ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if not self.tracking_uri.startswith("http")
-                  else f"open {self.tracking_uri}")
-            out.append(f"MLflow: {ui}" + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
+        if not (self.done or self.failed or self.synced or self.tasks) and self.grid_runs:
+            out.insert(0, f"nothing to do: all {self.grid_runs} runs are already in Parquet"
+                          + (" and MLflow (no MLflow run added)" if self.tracking_uri else ""))
+        if self.tracking_uri and self.experiment_id:
+            out.append(f"MLflow runs: {runs_link(self.tracking_uri, self.experiment_id)}"
+                       + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
         if self.mlflow_error:
             out.append(f"MLflow INCOMPLETE: logging to {self.tracking_uri} failed ({self.mlflow_error}) and stopped; "
                        f"every finished run is in Parquet. When the server answers again, fill MLflow with: "
@@ -157,6 +160,7 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
             if force:
                 _delete_children(tracker)
             tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
+            report.experiment_id = tracker.experiment_id
         except Exception as exc:  # noqa: BLE001 - before any training: refuse, with the way out
             raise SetupError(f"tracking: cannot use MLflow at {uri} ({one_line(exc)}); fix or start the server, "
                              f"or pass --no-mlflow to write Parquet only and `python -m pipeline sync` later") from None
@@ -202,7 +206,8 @@ def set_aside_corrupt(out: Path, report: SweepReport) -> list[Path]:
 def close_tracker(tracker: Tracker | None, report: SweepReport) -> None:
     if tracker:
         try:
-            tracker.close("FINISHED" if not report.failed and report.mlflow_complete else "FAILED")
+            report.wall_time = report.wall_time or time.time() - report.started
+            tracker.close("FINISHED" if not report.failed and report.mlflow_complete else "FAILED", report.lines())
         except Exception as exc:  # noqa: BLE001 - the server may be gone; Parquet is complete
             report.mlflow_error = report.mlflow_error or one_line(exc)
 
@@ -227,7 +232,7 @@ def finish_task(out: Path, tracker: Tracker | None, task: TaskSpec, result: dict
     report.parquet_time += t1 - t0
     if tracker and report.mlflow_complete:
         try:
-            tracker.log(result["runs"], result["curves"])
+            tracker.log(result["runs"], result["curves"], result.get("span"))
             report.mlflow_time += time.perf_counter() - t1
         except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
             report.mlflow_error = one_line(exc)

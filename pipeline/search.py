@@ -161,6 +161,12 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
     (out / "thresholds").mkdir(exist_ok=True)
     _atomic_write(pa.Table.from_pandas(table, schema=THRESHOLDS_SCHEMA, preserve_index=False),
                   out / "thresholds" / f"{name}.parquet")
+    if tracker:
+        report.experiment_id = tracker.experiment_id
+        try:
+            tracker.add_artifact(f"thresholds/{name}.csv", table.to_csv(index=False))
+        except Exception as exc:  # noqa: BLE001 - the thresholds are in Parquet; MLflow is reported incomplete
+            report.mlflow_error = report.mlflow_error or one_line(exc)
     report.grid_runs = sum(r["runs_used"] for r in table.to_dict("records"))
     report.wall_time = time.perf_counter() - t0
     log_invocation(out, "search", report, commit)
