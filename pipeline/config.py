@@ -35,6 +35,20 @@ PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 
 
+def _number(v):
+    """A float field's value as a float: an int, or a numeric string such as ``1e-6`` (YAML 1.1, which
+    PyYAML reads, takes exponents without a dot for strings); anything else is left to the field's
+    own check, which names it. Used by every float field's before-validator."""
+    if isinstance(v, int) and not isinstance(v, bool):
+        return float(v)
+    if isinstance(v, str):
+        try:
+            return float(v.strip())
+        except ValueError:
+            return v
+    return v
+
+
 def _nonempty_unique(values: list, field: str) -> list:
     if not values:
         raise ValueError(f"{field} must list at least one value")
@@ -51,6 +65,11 @@ class Grid(_Frozen):
     m: list[PosInt]
     delta: list[float]
     bias: list[bool] = [False, True]
+
+    @field_validator("delta", mode="before")
+    @classmethod
+    def _float(cls, v):
+        return [_number(x) for x in v] if isinstance(v, list) else v
 
     @field_validator("n", "k", "m", "delta", "bias")
     @classmethod
@@ -114,9 +133,7 @@ class Training(_Frozen):
     @field_validator("eps", "t_max", "step_factor", "divergence_factor", mode="before")
     @classmethod
     def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+        return _number(v)
 
 
 class Resources(_Frozen):
@@ -132,9 +149,7 @@ class Resources(_Frozen):
     @field_validator("num_cpus", "num_gpus", "memory_budget_gb", mode="before")
     @classmethod
     def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+        return _number(v)
 
 
 class Tracking(_Frozen):
@@ -168,7 +183,7 @@ class Search(_Frozen):
     @field_validator("eps", mode="before")
     @classmethod
     def _float(cls, v):
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+        return _number(v)
 
     @model_validator(mode="after")
     def _range(self):
@@ -233,9 +248,7 @@ class SweepConfig(_Frozen):
     @field_validator("delta_2", "delta_fail", mode="before")
     @classmethod
     def _float(cls, v):
-        if isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        return v
+        return _number(v)
 
     @field_validator("d")
     @classmethod
@@ -298,7 +311,7 @@ def _one_line(exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"{loc}: required field missing; add it"
     got = err.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else ""
+    shown = f" (got {got!r})" if (not isinstance(got, (dict, list)) or len(repr(got)) < 60) and "(got " not in msg else ""
     return f"{loc}: {msg}{shown}" if loc else msg
 
 

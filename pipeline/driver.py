@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import SweepConfig
+from .estimate import task_weights
 from .grid import TaskSpec, plan
 from .pool import TaskPool
 from .results import ResultsError, archive, check_manifest, done_run_ids, prepare, quarantine_corrupt, write_task
@@ -249,8 +250,12 @@ def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progre
     init_ray(address, num_cpus)
     pool = TaskPool(cfg.resources, commit, max_in_flight)
     pending = list(reversed(tasks))
-    bar = tqdm(total=sum(len(t.seeds) for t in tasks), unit="run", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, desc=cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0)
+    # the bar counts estimated task-seconds, not runs, so its ETA weighs big tasks as they are
+    work = task_weights(cfg, tasks)
+    bar = tqdm(total=round(sum(work.values()), 1), unit="est-s", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, desc=cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+    runs_done, runs_all = 0, sum(len(t.seeds) for t in tasks)
     try:
         while pending or len(pool):
             while pending and not pool.full:
@@ -261,6 +266,8 @@ def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progre
                 report.errors.append(f"{task.task_id}: {type(error).__name__}: {str(error).strip().splitlines()[-1]}")
             else:
                 finish_task(out, tracker, task, result, report)
-            bar.update(len(task.seeds))
+            runs_done += len(task.seeds)
+            bar.set_postfix_str(f"{runs_done}/{runs_all} runs", refresh=False)
+            bar.update(round(work[task.task_id], 1))
     finally:
         bar.close()
