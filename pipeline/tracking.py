@@ -95,6 +95,19 @@ def runs_link(uri: str, experiment_id: str) -> str:
     return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{path}"
 
 
+def chart_link(uri: str, experiment_id: str, run_ids: list[str],
+               keys: tuple[str, ...] = ("curve.rel_loss", "curve.bound_rel")) -> str:
+    """MLflow's metric page for ``run_ids``: ``keys`` against "Relative time" (= t lambda_*, see
+    :func:`child_metrics`) on a log scale (the UI's own route, ``Utils.getMetricPageRoute``)."""
+    import json
+
+    q = urllib.parse.quote
+    return (f"{uri.rstrip('/')}/#/metric?runs={q(json.dumps(run_ids))}&metric={q(json.dumps(keys[0]))}"
+            f"&experiments={q(json.dumps([experiment_id]))}&plot_metric_keys={q(json.dumps(list(keys)))}"
+            f"&plot_layout={q('{}')}&x_axis=relative&y_axis_scale=log&line_smoothness=1&show_point=false"
+            f"&deselected_curves={q('[]')}&last_linear_y_axis_range={q('[]')}")
+
+
 def child_run_name(rec: dict) -> str:
     """Unique within a sweep (its runs share d, target, delta_2 and training), widest fields first,
     no separators the UI would break a line at: e.g. ``n16-k2-m4096-d0.5-bias-s3``."""
@@ -120,21 +133,24 @@ def child_times(rec: dict, span: tuple[float, float] | None = None) -> tuple[int
     return int(start * 1000), int(end * 1000)
 
 
-def child_metrics(rec: dict, curves: dict[str, list], rows: list[int], end_ms: int) -> list[tuple]:
-    """(key, value, timestamp, step) of the run's summary and its checkpoint curves; the curves'
-    step is the gradient step, and ``curve.t_lambda`` (flow time in units of 1/lambda_*) and
-    ``curve.bound_rel`` (the bound ``exp(-lambda_* t)`` on ``rel_loss``) are logged at each of them,
-    so a chart can put ``t_lambda`` on its x axis and overlay ``rel_loss`` and ``bound_rel``."""
+def child_metrics(rec: dict, curves: dict[str, list], rows: list[int], start_ms: int, end_ms: int) -> list[tuple]:
+    """(key, value, timestamp, step) of the run's summary (at its end) and its checkpoint curves.
+
+    A curve point's step is its gradient step, and its timestamp is the run's start plus ``t lambda_*``
+    seconds, so that the UI's "Relative time" axis reads flow time in units of 1/lambda_* (the
+    points are logged after training: their real times would say nothing). ``curve.t_lambda`` (that
+    flow time, for a chart's "metric" x axis) and ``curve.bound_rel`` (the theorem's bound on
+    ``rel_loss``, ``exp(-lambda_* t)``) are logged at every checkpoint too."""
     metrics = [(f, float(v), end_ms, 0) for f, v in rec.items()
                if f not in PARAM_FIELDS and f not in TAG_FIELDS and _finite(v)]
     lam = rec.get("lambda_star")
     for i in rows:
-        step = int(curves["step"][i])
-        metrics += [(f"curve.{f}", float(curves[f][i]), end_ms, step) for f in CURVE_METRICS if _finite(curves[f][i])]
-        t = curves["t"][i]
-        if _finite(lam) and _finite(t):
-            metrics += [("curve.t_lambda", float(t * lam), end_ms, step),
-                        ("curve.bound_rel", math.exp(-lam * t), end_ms, step)]
+        step, t = int(curves["step"][i]), curves["t"][i]
+        flow = _finite(lam) and _finite(t)
+        when = start_ms + round(1000 * t * lam) if flow else end_ms
+        metrics += [(f"curve.{f}", float(curves[f][i]), when, step) for f in CURVE_METRICS if _finite(curves[f][i])]
+        if flow:
+            metrics += [("curve.t_lambda", float(t * lam), when, step), ("curve.bound_rel", math.exp(-lam * t), when, step)]
     return metrics
 
 
@@ -144,6 +160,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # else two lines per run
         from mlflow.tracking import MlflowClient
 
         check_uri(uri)
@@ -230,7 +247,7 @@ class Tracker:
             start, end = child_times(rec, span)
             child = self.client.create_run(self.experiment_id, start_time=start, run_name=child_run_name(rec),
                                            tags=tags)
-            self._batch(child.info.run_id, metrics=child_metrics(rec, curves, by_run.get(rec["run_id"], []), end),
+            self._batch(child.info.run_id, metrics=child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end),
                         params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
                                        end_time=end)

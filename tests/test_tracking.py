@@ -43,7 +43,10 @@ def test_mlflow_names_durations_curves_artifacts_and_no_empty_parent(local_ray, 
         assert duration == pytest.approx(rec.task_wall_time, abs=0.05), (duration, rec.task_wall_time)
         # flow time and the relative bound, against the Parquet curves (t, and bound = exp(-lambda_* t) r0^2)
         mine = curves[curves.run_id == rid].sort_values("step")
-        t_lambda = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "curve.t_lambda")}
+        history = client.get_metric_history(child.info.run_id, "curve.t_lambda")
+        t_lambda = {m.step: m.value for m in history}
+        # the UI's "Relative time" axis is flow time in units of 1/lambda_*
+        assert all(abs(m.timestamp - child.info.start_time - 1000 * m.value) <= 1 for m in history)
         bound_rel = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "curve.bound_rel")}
         assert sorted(t_lambda) == mine.step.tolist()
         for row in mine.itertuples():
