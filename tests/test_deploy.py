@@ -85,3 +85,55 @@ def submit_when_agent_up(argv, env, cwd):
             return job
         time.sleep(2)
     return job
+
+
+def test_cluster_launcher_config_passes_rays_validation():
+    """What `ray up` checks before it starts anything: Ray's defaults filled in, then Ray's JSON schema
+    (ray-schema.json) and its own rules (head type among the node types, worker counts)."""
+    import yaml
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((REPO / "deploy" / "gpu-cluster.yaml").read_text())
+    prepared = prepare_config(config)
+    validate_config(prepared)
+    types = prepared["available_node_types"]
+    assert types[prepared["head_node_type"]]["resources"] == {"CPU": 0}  # the driver only
+    workers = [t for name, t in types.items() if name != prepared["head_node_type"]]
+    assert workers and all(t["min_workers"] == 0 and t["max_workers"] > 0 for t in workers)  # autoscaling
+    assert "gpu" in prepared["docker"]["image"]
+    assert any("pip install" in c and "-e /home/ray/sobolev-scaling" in c for c in prepared["setup_commands"])
+    assert any(c.lstrip("(").startswith("nohup mlflow server") for c in prepared["head_start_ray_commands"])
+    assert "." in prepared["file_mounts"].values() and "results/" in prepared["rsync_exclude"]
+    # a broken file is refused the same way (the check can fail)
+    import jsonschema
+    import pytest
+
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(dict(prepared, max_workers="eight"))
+
+
+def test_rayjob_manifest_matches_kuberays_crd_schema():
+    """deploy/rayjob.yaml against KubeRay's RayJob CRD openAPIV3Schema (the part along the manifest's paths,
+    extracted by deploy/schema/extract_rayjob_schema.py with its required fields and property names)."""
+    import jsonschema
+    import pytest
+    import yaml
+
+    schema = json.loads((REPO / "deploy" / "schema" / "rayjob-v1.schema.json").read_text())
+    manifest = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())
+    assert (manifest["apiVersion"], manifest["kind"]) == (schema["x-apiVersion"], schema["x-kind"])
+    jsonschema.validate(manifest, schema)
+    spec = manifest["spec"]
+    assert spec["entrypoint"].startswith("python -m pipeline run ")
+    gpu = spec["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert gpu["minReplicas"] == 0 < gpu["maxReplicas"] and spec["rayClusterSpec"]["enableInTreeAutoscaling"]
+    # what the CRD requires, and a misspelling, are caught
+    broken = json.loads(json.dumps(manifest))
+    del broken["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["groupName"]
+    with pytest.raises(jsonschema.ValidationError, match="groupName"):
+        jsonschema.validate(broken, schema)
+    broken = json.loads(json.dumps(manifest))
+    broken["spec"]["shutdownAfterJobFinish"] = True
+    with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
+        jsonschema.validate(broken, schema)
