@@ -48,8 +48,8 @@ def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True
     p.add_argument("config", help="YAML sweep file (see configs/)")
     p.add_argument("--out", help="results directory (default: the config's 'output', e.g. runs/NAME)")
     if mlflow:
-        p.add_argument("--tracking-uri", help="MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db "
-                                              "(default: the config's, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+        p.add_argument("--tracking-uri", help="MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: "
+                                              "the config's, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
     if ray:
         p.add_argument("--no-mlflow", action="store_true",
                        help="write Parquet only (fill MLflow later with `python -m pipeline sync`)")
@@ -123,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if getattr(args, "tracking_uri", None):
             check_uri(args.tracking_uri)
-        check_out(out)
-        if args.command == "sync":
+        if args.command == "sync":  # reads the results only
             return _sync(cfg, args, out)
+        check_out(out)
         if args.command == "search" and cfg.search is None:
             raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
         if args.dry_run:

@@ -311,7 +311,8 @@ def _one_line(exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"{loc}: required field missing; add it"
     got = err.get("input")
-    shown = f" (got {got!r})" if (not isinstance(got, (dict, list)) or len(repr(got)) < 60) and "(got " not in msg else ""
+    short = not isinstance(got, (dict, list)) or len(repr(got)) < 60
+    shown = f" (got {got!r})" if short and "(got " not in msg else ""  # some messages name the value already
     return f"{loc}: {msg}{shown}" if loc else msg
 
 

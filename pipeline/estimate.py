@@ -12,7 +12,6 @@ machine and thread count by timing :func:`sobolev.train` on three shapes, checke
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
@@ -110,7 +109,8 @@ def calibrate(cfg: SweepConfig, threads: int) -> dict:
 
 
 def _machine() -> str:
-    return f"{platform.node()}|{os.cpu_count()}cpu|{platform.processor() or platform.machine()}|torch{torch.__version__}"
+    cpu = platform.processor() or platform.machine()
+    return f"{platform.node()}|{os.cpu_count()}cpu|{cpu}|torch{torch.__version__}"
 
 
 def cache_file() -> Path:
@@ -160,9 +160,8 @@ def search_plan_config(cfg: SweepConfig) -> SweepConfig:
 
     s = cfg.search
     seeds = list(cfg.seeds.init) + list(range(max(cfg.seeds.init) + 1, max(cfg.seeds.init) + 1 + s.extra_seeds))
-    return cfg.model_copy(update=dict(grid=cfg.grid.model_copy(update=dict(m=list(ladder(s.m_min, s.m_max,
-                                                                                            s.resolution)))),
-                                      seeds=cfg.seeds.model_copy(update=dict(init=seeds))))
+    grid = cfg.grid.model_copy(update=dict(m=list(ladder(s.m_min, s.m_max, s.resolution))))
+    return cfg.model_copy(update=dict(grid=grid, seeds=cfg.seeds.model_copy(update=dict(init=seeds))))
 
 
 def _hours(seconds: float) -> str:

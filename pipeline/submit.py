@@ -57,8 +57,9 @@ def submit(address: str | None, pipeline_args: list[str], wait: bool = True) -> 
     """Run ``ray job submit`` (its output goes to ours); its exit status: the job's when waiting."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
-        raise SetupError("submit: no cluster; pass --address http://HEAD:8265 (the head's dashboard) or set RAY_ADDRESS")
+        raise SetupError("submit: no cluster; pass --address http://HEAD:8265 (the head's dashboard) "
+                         "or set RAY_ADDRESS")
     if not pipeline_args or pipeline_args[0] not in ("run", "search", "sync", "status"):
-        raise SetupError("submit: name the pipeline command after --, e.g. "
-                         "`python -m pipeline submit --address http://HEAD:8265 -- run configs/paper.yaml --out /shared/x`")
+        raise SetupError("submit: name the pipeline command after --, e.g. `python -m pipeline submit "
+                         "--address http://HEAD:8265 -- run configs/paper.yaml --out /shared/x`")
     return subprocess.run(submit_argv(address, pipeline_args, wait), env=auth_env(dict(os.environ))).returncode

@@ -150,7 +150,8 @@ def child_metrics(rec: dict, curves: dict[str, list], rows: list[int], start_ms:
         when = start_ms + round(1000 * t * lam) if flow else end_ms
         metrics += [(f"curve.{f}", float(curves[f][i]), when, step) for f in CURVE_METRICS if _finite(curves[f][i])]
         if flow:
-            metrics += [("curve.t_lambda", float(t * lam), when, step), ("curve.bound_rel", math.exp(-lam * t), when, step)]
+            metrics += [("curve.t_lambda", float(t * lam), when, step),
+                        ("curve.bound_rel", math.exp(-lam * t), when, step)]
     return metrics
 
 
@@ -247,8 +248,8 @@ class Tracker:
             start, end = child_times(rec, span)
             child = self.client.create_run(self.experiment_id, start_time=start, run_name=child_run_name(rec),
                                            tags=tags)
-            self._batch(child.info.run_id, metrics=child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end),
-                        params={f: rec[f] for f in PARAM_FIELDS})
+            metrics = child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end)
+            self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
                                        end_time=end)
             self.logged.add(rec["run_id"])

@@ -52,7 +52,8 @@ class Page:
             if all(w in text for w in words):
                 return text
             if time.time() > deadline:
-                raise AssertionError(f"not shown within {timeout} s: {[w for w in words if w not in text]}\n{text[:3000]}")
+                missing = [w for w in words if w not in text]
+                raise AssertionError(f"not shown within {timeout} s: {missing}\n{text[:3000]}")
             await asyncio.sleep(0.5)
 
     async def screenshot(self, name: str) -> None:
@@ -70,7 +71,8 @@ async def look(devtools: str, runs_url: str, parent: str, children: list[str], c
         ws_url = next(t["webSocketDebuggerUrl"] for t in json.load(r) if t["type"] == "page")
     async with aiohttp.ClientSession() as session, session.ws_connect(ws_url, max_msg_size=0) as ws:
         page = Page(ws)
-        await page.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1, mobile=False)
+        await page.call("Emulation.setDeviceMetricsOverride", width=1600, height=1000, deviceScaleFactor=1,
+                        mobile=False)
         await page.call("Page.navigate", url=runs_url)
         text = await page.wait_text(["Training runs", parent])
         assert "No data" not in text and "Traces" not in text.split(parent)[0].split("Training runs")[-1]
