@@ -30,7 +30,7 @@
 # %% tags=["parameters"]
 import os
 
-from analysis.paths import results_dir
+from analysis.paths import repo_root, results_dir
 
 RESULTS = os.environ.get("SOBOLEV_RESULTS", "results/cpu_study")  # relative paths: to the repository root
 DELTA_FAIL = float(os.environ.get("SOBOLEV_DELTA_FAIL", "0.1"))  # the theorem's failure probability (section 5)
@@ -41,7 +41,7 @@ DELTA_PLOT = None  # separation shown in the per-width figures; None: the most c
 FIG_DPI = 110      # figures readable on a laptop screen
 
 RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
-print("results directory:", RESULTS)
+print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relative_to(repo_root()) else RESULTS)
 
 # %%
 # %matplotlib inline

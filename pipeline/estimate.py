@@ -37,7 +37,7 @@ CALIBRATION_STEPS = 120
 # lambda_max(H) moves between the checkpoints where the step is refreshed: on configs/smoke.yaml runs took
 # up to 1.12 times t_budget * lambda_max(H^inf) / step_factor steps
 STEP_MARGIN = 1.25
-DEFAULT = dict(a=2e-4, b=1.5e-9, task=0.3)  # relative task weights for the progress bar before any calibration
+DEFAULT = dict(a=4e-4, b=4e-10, task=0.02)  # relative task weights for the progress bar before any calibration
 
 
 @lru_cache(maxsize=None)
@@ -195,13 +195,15 @@ def estimate_lines(cfg: SweepConfig, out, *, search: bool = False, num_cpus: int
         f"gradient steps per run: at most {min(run_steps(cfg, c) for c in cell_list)} to "
         f"{max(run_steps(cfg, c) for c in cell_list)} (the flow-time budget; runs reaching eps="
         f"{cfg.training.eps:g} stop earlier)",
-        f"task time: about {_hours(work)} in all, longest task {_hours(longest)} ({threads} thread(s) per task; "
+        f"task time: up to about {_hours(work)} in all, longest task {_hours(longest)} (every run at its step "
+        f"budget; {threads} thread(s) per task; "
         f"this machine's step cost measured {cal['when']} at load {cal.get('load', '?')} (now "
         f"{os.getloadavg()[0]:.1f}), {100 * cal['error']:.0f}% error on a held-out shape; other work on the "
         f"machine slows tasks down: --recalibrate measures again)",
-        f"wall clock here ({cpus} CPUs = {slots} task(s) at once): about {_hours(max(work / slots, longest))}, "
+        f"wall clock here ({cpus} CPUs = {slots} task(s) at once): up to about "
+        f"{_hours(max(work / slots, longest))}, "
         f"plus Ray's start-up",
-        f"on a cluster with C CPUs of this speed: about the larger of {_hours(work * r.num_cpus)} / C and "
+        f"on a cluster with C CPUs of this speed: up to about the larger of {_hours(work * r.num_cpus)} / C and "
         f"{_hours(longest)}",
     ]
     if r.num_gpus > 0:

@@ -102,7 +102,7 @@ def test_dry_run_estimates_once_per_machine_and_runs_nothing(tmp_path):
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "8 cells x 3 seeds = 24 runs" in proc.stdout
-    assert "tasks: 16" in proc.stdout and "task time: about" in proc.stdout
+    assert "tasks: 16" in proc.stdout and "task time: up to about" in proc.stdout
     assert "error on a held-out shape" in proc.stdout
     assert "wall clock here" in proc.stdout and "on G GPUs (2 task(s) per GPU)" in proc.stdout
     cache = tmp_path / "cache" / "calibration.json"
@@ -175,3 +175,27 @@ def test_status_per_cell_and_search_dry_run(tmp_path):
     # every width of the ladder 16, 32, 64 for 3 seeds + 2 extra: an upper bound on the search's runs
     assert "search: at most every width" in dry.stdout and "1 cells x 5 seeds" not in dry.stdout
     assert "3 cells x 5 seeds = 15 runs" in dry.stdout and not (tmp_path / "s").exists()
+
+
+def test_progress_weights_follow_measured_task_times():
+    """The progress bar counts estimated task-seconds: the estimate's ratio between a small and a big
+    task is that of their real times (within a factor of 3, on a machine others share)."""
+    import time
+
+    from pipeline.estimate import task_weights
+    from pipeline.grid import plan
+    from pipeline.task import execute
+
+    cfg = parse_config(tiny_dict(grid=dict(n=[6], m=[16, 4096], bias=[False]), seeds=dict(init=2),
+                                 training=dict(eps=1e-30, t_max=3.0, max_steps=300)))
+    tasks, _ = plan(cfg)
+    weights = task_weights(cfg, tasks)
+    seconds = {}
+    for t in tasks:
+        t0 = time.perf_counter()
+        execute(t)
+        seconds[t.task_id] = time.perf_counter() - t0
+    small, big = sorted(tasks, key=lambda t: t.cell.m)
+    estimated = weights[big.task_id] / weights[small.task_id]
+    measured = seconds[big.task_id] / seconds[small.task_id]
+    assert estimated > 1 and 1 / 3 < estimated / measured < 3, (estimated, measured)
