@@ -41,6 +41,7 @@ class SweepReport:
     out: Path = Path(".")
     tracking_uri: str | None = None
     experiment_id: str | None = None  # for the direct link to the runs table
+    mlflow_skipped: int = 0  # trained runs whose MLflow child already existed (another --out, same experiment)
     quarantined: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was set aside, and why
     errors: list[str] = field(default_factory=list)
@@ -70,6 +71,9 @@ class SweepReport:
         if not (self.done or self.failed or self.synced or self.tasks) and self.grid_runs:
             out.insert(0, f"nothing to do: all {self.grid_runs} runs are already in Parquet"
                           + (" and MLflow (no MLflow run added)" if self.tracking_uri else ""))
+        if self.mlflow_skipped:
+            out.append(f"MLflow: {self.mlflow_skipped} runs trained here were already logged in experiment "
+                       f"{self.experiment_id} (by a sweep with another --out?); not logged again")
         if self.tracking_uri and self.experiment_id:
             out.append(f"MLflow runs: {runs_link(self.tracking_uri, self.experiment_id)}"
                        + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
@@ -207,6 +211,7 @@ def set_aside_corrupt(out: Path, report: SweepReport) -> list[Path]:
 def close_tracker(tracker: Tracker | None, report: SweepReport) -> None:
     if tracker:
         try:
+            report.mlflow_skipped = tracker.already_logged
             report.wall_time = report.wall_time or time.time() - report.started
             tracker.close("FINISHED" if not report.failed and report.mlflow_complete else "FAILED", report.lines())
         except Exception as exc:  # noqa: BLE001 - the server may be gone; Parquet is complete

@@ -183,6 +183,7 @@ class Tracker:
         self.params = params
         self.parent_id: str | None = None  # made by parent() when the first child is logged
         self.logged: set[str] = set()  # run_ids with a whole child run (see logged_run_ids)
+        self.already_logged = 0  # runs handed to log() that an earlier invocation had logged already
 
     def parent(self) -> str:
         """The parent run of this invocation (made on first use): short params, and every
@@ -243,6 +244,7 @@ class Tracker:
             by_run.setdefault(rid, []).append(i)
         for rec in runs:
             if rec["run_id"] in self.logged:
+                self.already_logged += 1
                 continue
             tags = {f: rec[f] for f in TAG_FIELDS} | {"kind": "run", "mlflow.parentRunId": self.parent()}
             start, end = child_times(rec, span)

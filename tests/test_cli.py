@@ -192,9 +192,10 @@ def test_progress_weights_follow_measured_task_times():
     weights = task_weights(cfg, tasks)
     seconds = {}
     for t in tasks:
-        t0 = time.perf_counter()
-        execute(t)
-        seconds[t.task_id] = time.perf_counter() - t0
+        for _ in range(2):  # the best of two: the first call in a process pays one-off costs
+            t0 = time.perf_counter()
+            execute(t)
+            seconds[t.task_id] = min(seconds.get(t.task_id, float("inf")), time.perf_counter() - t0)
     small, big = sorted(tasks, key=lambda t: t.cell.m)
     estimated = weights[big.task_id] / weights[small.task_id]
     measured = seconds[big.task_id] / seconds[small.task_id]

@@ -76,6 +76,12 @@ def test_mlflow_names_durations_curves_artifacts_and_no_empty_parent(local_ray, 
     names = sorted(p.info.run_name for p in parents(client, exp.experiment_id))
     assert names[0].startswith("#1 run trk ") and names[1].startswith("#2 run trk ")
 
+    # the same runs trained into another --out: already in the experiment, said so, no empty parent
+    elsewhere = run_sweep(cfg, out=tmp_path / "out2", tracking_uri=uri, progress=False)
+    assert elsewhere.done == elsewhere.mlflow_skipped == len(runs)
+    assert any(f"{len(runs)} runs trained here were already logged" in line for line in elsewhere.lines())
+    assert len(parents(client, exp.experiment_id)) == 2
+
 
 def test_child_times_from_parquet_record_and_names():
     rec = dict(created_at="2026-12-01T22:00:10+00:00", task_wall_time=4.5, n=8, k=2, m=4096, delta=0.5, bias=True,
