@@ -37,7 +37,8 @@
 
 # %% tags=["parameters"]
 import os
-from pathlib import Path
+
+from analysis.paths import repo_root, results_dir
 
 RESULTS = os.environ.get("SOBOLEV_RESULTS", "results/cpu_study")  # relative paths: to the repository root
 DELTA_FAIL = float(os.environ.get("SOBOLEV_DELTA_FAIL", "0.1"))  # the sweep's delta_fail (m_thm was computed at it)
@@ -45,20 +46,10 @@ EPS = None         # tolerances eps'; None: those of analysis.EPS_GRID the runs 
 EPS_PLOT = None    # eps' of the heatmaps and m* figures; None: the eps' with the most uncensored thresholds
 DELTA_PLOT = None  # separation shown in the figures; None: the most common one
 N_BOOT = 1000      # bootstrap replicates of each threshold interval
-FIG_DPI = 80
+FIG_DPI = 110      # figures readable on a laptop screen
 
-
-def _repo_root(start: Path) -> Path:
-    """The repository root above ``start`` (works from the root and from notebooks/)."""
-    for path in (start, *start.parents):
-        if (path / "pyproject.toml").is_file() and (path / "analysis").is_dir():
-            return path
-    return start
-
-
-ROOT = _repo_root(Path.cwd().resolve())
-RESULTS = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
-print("results directory:", RESULTS.relative_to(ROOT) if RESULTS.is_relative_to(ROOT) else RESULTS)
+RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
+print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relative_to(repo_root()) else RESULTS)
 
 # %%
 # %matplotlib inline

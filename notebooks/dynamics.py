@@ -29,7 +29,8 @@
 
 # %% tags=["parameters"]
 import os
-from pathlib import Path
+
+from analysis.paths import repo_root, results_dir
 
 RESULTS = os.environ.get("SOBOLEV_RESULTS", "results/cpu_study")  # relative paths: to the repository root
 DELTA_FAIL = float(os.environ.get("SOBOLEV_DELTA_FAIL", "0.1"))  # the theorem's failure probability (section 5)
@@ -37,20 +38,10 @@ EPS = None         # tolerances eps' drawn on the loss curves; None: those of an
 CELL = None        # dict(n=..., k=..., delta=..., bias=...) of the loss curves; None: a no-bias cell, most widths
 N_WIDTHS = 4       # widths of that cell shown (spread over the tested ones)
 DELTA_PLOT = None  # separation shown in the per-width figures; None: the most common one
-FIG_DPI = 80
+FIG_DPI = 110      # figures readable on a laptop screen
 
-
-def _repo_root(start: Path) -> Path:
-    """The repository root above ``start`` (works from the root and from notebooks/)."""
-    for path in (start, *start.parents):
-        if (path / "pyproject.toml").is_file() and (path / "analysis").is_dir():
-            return path
-    return start
-
-
-ROOT = _repo_root(Path.cwd().resolve())
-RESULTS = Path(RESULTS) if Path(RESULTS).is_absolute() else ROOT / RESULTS
-print("results directory:", RESULTS.relative_to(ROOT) if RESULTS.is_relative_to(ROOT) else RESULTS)
+RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
+print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relative_to(repo_root()) else RESULTS)
 
 # %%
 # %matplotlib inline

@@ -1,45 +1,111 @@
-"""``python -m pipeline {run,sync,plan} ...``: parse arguments, call library functions."""
+"""python -m pipeline: sweeps of two-layer ReLU networks trained on the directional Sobolev loss
+(Cocola & Hand 2020), on a local Ray or a Ray cluster, into Parquet and MLflow."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .config import ConfigError, load_config
 from .driver import SetupError, preflight, run_sweep
 from .estimate import estimate_lines
-from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
+from .tracking import Tracker, TrackingError, check_reachable, check_uri, resolve_uri, sync
+
+EXIT_CODES = """exit codes:
+  0  done: every run in Parquet and MLflow
+  1  some tasks failed after their retries (the summary lists them; rerun to retry them)
+  2  bad input (config, options, output directory, tracking URI): one line on stderr, nothing written
+  3  every run in Parquet, MLflow incomplete: run `python -m pipeline sync CONFIG` when the server answers"""
+
+EXAMPLES = """examples:
+  python -m pipeline run configs/smoke.yaml --dry-run
+  python -m pipeline run configs/smoke.yaml
+  python -m pipeline status configs/smoke.yaml
+  python -m pipeline submit --address http://HEAD:8265 -- run configs/paper.yaml --out /shared/paper"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad options give one line (and exit 2), like every other bad input."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message}; see `{self.prog} --help`\n")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; pass a count >= 1") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} CPUs: pass a count >= 1 (or leave it out for all CPUs)")
+    return value
+
+
+def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True) -> None:
+    p.add_argument("config", help="YAML sweep file (see configs/)")
+    p.add_argument("--out", help="results directory (default: the config's 'output', e.g. runs/NAME)")
+    if mlflow:
+        p.add_argument("--tracking-uri", help="MLflow tracking URI: http://HOST:PORT or sqlite:///PATH.db (default: "
+                                              "the config's, else MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    if ray:
+        p.add_argument("--no-mlflow", action="store_true",
+                       help="write Parquet only (fill MLflow later with `python -m pipeline sync`)")
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the grid, the tasks and the estimated time for the config's resources; run nothing")
+        p.add_argument("--recalibrate", action="store_true",
+                       help="with --dry-run: time this machine again (else the cached calibration is used)")
+        p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
+        p.add_argument("--num-cpus", type=positive_int, metavar="N", help="CPUs of the local Ray (default: all)")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run (or resume) a sweep")
-    run.add_argument("config", help="YAML sweep file (see configs/)")
-    run.add_argument("--out", help="results directory (default: the config's output)")
-    run.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-    run.add_argument("--no-mlflow", action="store_true", help="write Parquet only")
-    run.add_argument("--dry-run", action="store_true", help="print the grid, tasks and estimated cost; run nothing")
+    from sobolev import __version__
+
+    p = _Parser(prog="python -m pipeline", description=__doc__, epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+    run = sub.add_parser("run", help="run (or resume) a sweep: every cell of the grid, every seed",
+                         epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(run)
     run.add_argument("--force", action="store_true", help="recompute runs already in Parquet (old files are archived)")
-    run.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-    run.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (default: all)")
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    se = sub.add_parser("search", help="search each cell's critical width (the config's 'search' section)")
-    se.add_argument("config")
-    se.add_argument("--out")
-    se.add_argument("--tracking-uri")
-    se.add_argument("--no-mlflow", action="store_true")
-    se.add_argument("--address")
-    se.add_argument("--num-cpus", type=int)
-    se.add_argument("--no-progress", action="store_true")
+    se = sub.add_parser("search", help="search each cell's critical width (the config's 'search' section)",
+                        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(se)
     co = sub.add_parser("compact", help="merge a results directory's task files into one file per table")
     co.add_argument("out", help="the results directory (e.g. runs/smoke); run it when no sweep writes into it")
     sy = sub.add_parser("sync", help="log to MLflow every run that is in Parquet but not in MLflow")
-    sy.add_argument("config")
-    sy.add_argument("--out")
-    sy.add_argument("--tracking-uri")
+    _common(sy, ray=False)
+    st = sub.add_parser("status", help="per cell: runs done, diverged, pending, and the last activity")
+    _common(st, ray=False, mlflow=False)
+    sb = sub.add_parser("submit", help="`ray job submit` a pipeline command to a running Ray cluster "
+                                       "(auth token, git commit and upload handled)",
+                        usage="python -m pipeline submit [--address URL] [--no-wait] -- COMMAND ARGS...")
+    sb.add_argument("--address", help="the head's dashboard, http://HEAD:8265 (default: RAY_ADDRESS)")
+    sb.add_argument("--no-wait", action="store_true", help="return once the job is submitted; follow it with "
+                                                          "`ray job logs --follow JOB_ID`")
+    sb.add_argument("pipeline_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
+                    help="the pipeline command the job runs, e.g. -- run configs/paper.yaml --out /shared/paper")
     return p
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output directory that cannot be created, before Ray starts or anything is written:
+    a directory is made and removed in its nearest existing parent (permissions alone do not tell,
+    e.g. for root under /proc)."""
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    try:
+        if not probe.is_dir():
+            raise NotADirectoryError(f"{probe} is not a directory")
+        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
+    except OSError as exc:
+        raise SetupError(f"output: cannot write to {out} ({exc.strerror or exc}); choose another --out") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,33 +113,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compact":
         return _compact(Path(args.out))
     try:
+        if args.command == "submit":
+            from .submit import submit
+
+            rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
+            return submit(args.address, rest, wait=not args.no_wait)
         cfg = load_config(args.config)
-        out = args.out or str(cfg.output_dir())
-        if args.command == "sync":
-            uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
-            check_reachable(uri)
-            tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": out})
-            n = sync(tracker, Path(out))
-            tracker.close()
-            print(f"synced {n} runs from {out} to {uri}")
+        out = Path(args.out or cfg.output_dir())
+        if args.command == "status":
+            from .status import status_lines
+
+            print("\n".join(status_lines(cfg, out)))
+            return 0
+        if getattr(args, "tracking_uri", None):
+            check_uri(args.tracking_uri)
+        if args.command == "sync":  # reads the results only
+            return _sync(cfg, args, out)
+        check_out(out)
+        if args.command == "search" and cfg.search is None:
+            raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
+        if args.dry_run:
+            preflight(cfg, out, None)
+            print("\n".join(estimate_lines(cfg, out, search=args.command == "search",
+                                             num_cpus=args.num_cpus, recalibrate=args.recalibrate)))
             return 0
         if args.command == "search":
-            if cfg.search is None:
-                raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
-            from .search import run_search
-
-            report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-                                       address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
-            report.config_path = args.config
-            print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
-                  .to_string(index=False))
-            print("\n".join(report.lines()))
-            print(f"thresholds: {Path(out) / 'thresholds'}")
-            return 1 if report.failed else 3 if not report.mlflow_complete else 0
-        if args.dry_run:
-            preflight(cfg, Path(out), None)
-            print("\n".join(estimate_lines(cfg, out)))
-            return 0
+            return _search(cfg, args, out)
         report = run_sweep(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
                            force=args.force, address=args.address, num_cpus=args.num_cpus,
                            progress=not args.no_progress)
@@ -82,7 +147,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     report.config_path = args.config
     print("\n".join(report.lines()))
-    # 0: all done; 1: some tasks failed; 2: bad input (above); 3: all in Parquet, MLflow incomplete (run `sync`)
+    return 1 if report.failed else 3 if not report.mlflow_complete else 0
+
+
+def _sync(cfg, args, out: Path) -> int:
+    uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
+    check_reachable(uri)
+    tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"})
+    n = sync(tracker, out)
+    tracker.close()
+    print(f"synced {n} runs from {out} to {uri}")
+    return 0
+
+
+def _search(cfg, args, out: Path) -> int:
+    from .search import run_search
+
+    report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
+                               address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+    report.config_path = args.config
+    print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
+          .to_string(index=False))
+    print("\n".join(report.lines()))
+    print(f"thresholds: {out / 'thresholds'}")
     return 1 if report.failed else 3 if not report.mlflow_complete else 0
 
 

@@ -82,7 +82,7 @@ def _number(v):
         try:
             return float(v)
         except ValueError:
-            raise ValueError(f"{v!r} is not a number; write it like 1.0e-6 or 0.001") from None
+            raise ValueError("not a number; write it like 1.0e-6 or 0.001") from None
     return v
 
 
@@ -385,7 +385,8 @@ def _one_line(exc: ValidationError) -> str:
     if err["type"] == "missing":
         return f"{loc}: required field missing; add it"
     got = err.get("input")
-    shown = f" (got {got!r})" if not isinstance(got, (dict, list)) or len(repr(got)) < 60 else ""
+    short = not isinstance(got, (dict, list)) or len(repr(got)) < 60
+    shown = f" (got {got!r})" if short and "(got " not in msg else ""  # some messages name the value already
     return f"{loc}: {msg}{shown}" if loc else msg
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .config import SweepConfig
+from .estimate import task_weights
 from .grid import plan
 from .results import done_run_ids
 from .session import SetupError, SweepReport, SweepSession, init_ray, preflight
@@ -38,13 +39,19 @@ def _fan_out(session: SweepSession, tasks, progress: bool) -> None:
     from tqdm import tqdm
 
     pending = list(reversed(tasks))
-    bar = tqdm(total=sum(len(t.seeds) for t in tasks), unit="run", disable=not progress, file=sys.stderr,
-               dynamic_ncols=True, desc=session.cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0)
+    # the bar counts estimated task-seconds, not runs, so its ETA weighs big tasks as they are
+    work = task_weights(session.cfg, tasks)
+    bar = tqdm(total=round(sum(work.values()), 1), unit="est-s", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True, desc=session.cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0,
+               bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix} [{elapsed}<{remaining}]")
+    runs_done, runs_all = 0, sum(len(t.seeds) for t in tasks)
     try:
         while pending or session.in_flight:
             while pending and not session.pool.full:
                 session.submit(pending.pop())
             task, _, _ = session.next()
-            bar.update(len(task.seeds))
+            runs_done += len(task.seeds)
+            bar.set_postfix_str(f"{runs_done}/{runs_all} runs", refresh=False)
+            bar.update(round(work[task.task_id], 1))
     finally:
         bar.close()

@@ -26,7 +26,7 @@ from .config import SweepConfig
 from .grid import base_cells, run_id, run_id_of_record, tasks_for
 from .results import _atomic_write, read_table
 from .schema import THRESHOLDS_SCHEMA, Cell
-from .session import SweepReport, SweepSession
+from .session import SweepReport, SweepSession, one_line
 from .widthsearch import WidthSearch, ladder
 
 
@@ -130,7 +130,12 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
         finally:
             bar.close()
         table = thresholds_table(cfg, state)
-        write_thresholds(session.out, cfg, table)
+        path = write_thresholds(session.out, cfg, table)
+        if session.tracker:
+            try:
+                session.tracker.add_artifact(f"thresholds/{path.stem}.csv", table.to_csv(index=False))
+            except Exception as exc:  # noqa: BLE001 - the thresholds are in Parquet; MLflow is reported incomplete
+                session.report.mlflow_error = session.report.mlflow_error or one_line(exc)
         session.report.grid_runs = int(table["runs_used"].sum())
     return session.report, table
 

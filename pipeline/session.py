@@ -23,7 +23,7 @@ from .config import SweepConfig
 from .grid import TaskSpec
 from .results import (ResultsError, archive, check_manifest, prepare, quarantine_corrupt, recover_compaction,
                       write_task)
-from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
+from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, runs_link, sync
 
 
 class SetupError(ValueError):
@@ -46,6 +46,8 @@ class SweepReport:
     mlflow_time: float = 0.0
     out: Path = Path(".")
     tracking_uri: str | None = None
+    experiment_id: str | None = None  # for the direct link to the runs table
+    mlflow_skipped: int = 0  # trained runs whose MLflow child already existed (another --out, same experiment)
     quarantined: list[Path] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was set aside, and why
     errors: list[str] = field(default_factory=list)
@@ -72,10 +74,15 @@ class SweepReport:
                f"training {self.train_time:.1f} s of the wall time (some task training); everything else "
                f"(Ray, MLflow, Parquet, start-up) {100 * share:.0f}%",
                f"results: {self.out / 'runs'} and {self.out / 'curves'} (Parquet)"]
-        if self.tracking_uri:
-            ui = (f"mlflow ui --backend-store-uri {self.tracking_uri}" if not self.tracking_uri.startswith("http")
-                  else f"open {self.tracking_uri}")
-            out.append(f"MLflow: {ui}" + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
+        if not (self.done or self.failed or self.synced or self.tasks) and self.grid_runs:
+            out.insert(0, f"nothing to do: all {self.grid_runs} runs are already in Parquet"
+                          + (" and MLflow (no MLflow run added)" if self.tracking_uri else ""))
+        if self.mlflow_skipped:
+            out.append(f"MLflow: {self.mlflow_skipped} runs trained here were already logged in experiment "
+                       f"{self.experiment_id} (by a sweep with another --out?); not logged again")
+        if self.tracking_uri and self.experiment_id:
+            out.append(f"MLflow runs: {runs_link(self.tracking_uri, self.experiment_id)}"
+                       + (f" ({self.synced} runs synced from Parquet)" if self.synced else ""))
         if self.mlflow_error:
             out.append(f"MLflow INCOMPLETE: logging to {self.tracking_uri} failed ({self.mlflow_error}) and stopped; "
                        f"every finished run is in Parquet. When the server answers again, fill MLflow with: "
@@ -195,6 +202,7 @@ class SweepSession:
             if self.force:
                 self.tracker.delete_children()
             self.tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
+            self.report.experiment_id = self.tracker.experiment_id
         except Exception as exc:  # noqa: BLE001 - before any training: refuse, with the way out
             raise SetupError(f"tracking: cannot use MLflow at {self.uri} ({one_line(exc)}); fix or start the server, "
                              f"or pass --no-mlflow to write Parquet only and `python -m pipeline sync` later") from None
@@ -239,7 +247,7 @@ class SweepSession:
         report.parquet_time += t1 - t0
         if self.tracker and report.mlflow_complete:
             try:
-                self.tracker.log(result["runs"], result["curves"])
+                self.tracker.log(result["runs"], result["curves"], result.get("span"))
                 report.mlflow_time += time.perf_counter() - t1
             except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
                 report.mlflow_error = one_line(exc)
@@ -260,8 +268,10 @@ class SweepSession:
                 report.mlflow_error = one_line(err)
         if self.tracker:
             try:
+                report.mlflow_skipped = self.tracker.already_logged
+                report.wall_time = time.perf_counter() - self._t0
                 self.tracker.close("FINISHED" if exc is None and not report.failed and report.mlflow_complete
-                                   else "FAILED")
+                                   else "FAILED", report.lines())
             except Exception as err:  # noqa: BLE001 - the server may be gone; Parquet is complete
                 report.mlflow_error = report.mlflow_error or one_line(err)
         report.wall_time = time.perf_counter() - self._t0

@@ -1,6 +1,13 @@
-"""MLflow tracking: one experiment per sweep, a parent run per sweep invocation and a
-child run per training run (configuration as params; run_id, sweep and git commit as
-tags; the summary as metrics; checkpoint curves as metric histories, batched).
+"""MLflow tracking: one experiment per sweep, a parent run per sweep invocation that did
+something and a child run per training run (configuration as params; run_id, sweep and git
+commit as tags; the summary as metrics; checkpoint curves as metric histories, batched).
+
+What the UI shows is decided here: readable unique names (:func:`child_run_name`,
+:func:`parent_run_name`), a child's start and end are its training's (so "Duration" is the
+training time, :func:`child_times`), curves carry flow time ``curve.t_lambda = t lambda_*`` and
+the theorem's bound as a relative quantity ``curve.bound_rel = exp(-lambda_* t)`` next to
+``curve.rel_loss`` (:func:`child_metrics`), and the parent run carries the full configuration,
+the closing summary and (searches) the thresholds table as artifacts.
 
 Only the driver logs, one run at a time, so an SQLite store never sees concurrent
 writers ("database is locked"). Parquet is written before MLflow: MLflow can always be
@@ -9,10 +16,12 @@ refilled from Parquet (:func:`sync`), never the other way round.
 
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +32,12 @@ TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device",
 CURVE_METRICS = ("loss", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel", "lambda_min", "H_drift",
                  "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net", "jump_norm", "eta")
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
+_MAX_PARAM_CHARS = 500  # a longer param would be cut by MLflow: it becomes an artifact of the parent instead
+# a store the pipeline can use; a bare word or a path is refused (MLflow would make a directory of it)
+URI_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
+# MLflow 3's UI opens an experiment on its GenAI overview unless the link asks for the runs table;
+# the tag marks the experiment as classical ML for the UI's own experiment lists
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 class TrackingError(RuntimeError):
@@ -36,8 +51,19 @@ def resolve_uri(cli_uri: str | None, config_uri: str | None) -> str:
     return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
 
 
+def check_uri(uri: str) -> None:
+    """Refuse, in one line, a tracking URI MLflow could not use or would misread as a directory."""
+    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
+    if scheme not in URI_SCHEMES or any(c.isspace() for c in uri):
+        raise TrackingError(f"tracking: {uri!r} is not a tracking URI; pass --tracking-uri http://HOST:PORT "
+                            f"(an MLflow server) or sqlite:///PATH.db (a local file), or --no-mlflow")
+    if scheme in ("http", "https") and not urllib.parse.urlsplit(uri).hostname:
+        raise TrackingError(f"tracking: {uri!r} names no host; pass --tracking-uri http://HOST:PORT")
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training, when nobody answers at ``uri``."""
+    """Fail fast, before any training or any file written, on a malformed URI or when nobody answers."""
+    check_uri(uri)
     if uri.startswith(("http://", "https://")):
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
@@ -61,27 +87,123 @@ def _finite(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) or isinstance(v, bool)
 
 
+def runs_link(uri: str, experiment_id: str) -> str:
+    """How to open the sweep's runs table (not MLflow 3's GenAI overview) for this store."""
+    path = f"#/experiments/{experiment_id}/runs"
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/{path}"
+    return f"mlflow ui --backend-store-uri {uri}, then open http://127.0.0.1:5000/{path}"
+
+
+def chart_link(uri: str, experiment_id: str, run_ids: list[str],
+               keys: tuple[str, ...] = ("curve.rel_loss", "curve.bound_rel")) -> str:
+    """MLflow's metric page for ``run_ids``: ``keys`` against "Relative time" (= t lambda_*, see
+    :func:`child_metrics`) on a log scale (the UI's own route, ``Utils.getMetricPageRoute``)."""
+    import json
+
+    q = urllib.parse.quote
+    return (f"{uri.rstrip('/')}/#/metric?runs={q(json.dumps(run_ids))}&metric={q(json.dumps(keys[0]))}"
+            f"&experiments={q(json.dumps([experiment_id]))}&plot_metric_keys={q(json.dumps(list(keys)))}"
+            f"&plot_layout={q('{}')}&x_axis=relative&y_axis_scale=log&line_smoothness=1&show_point=false"
+            f"&deselected_curves={q('[]')}&last_linear_y_axis_range={q('[]')}")
+
+
+def child_run_name(rec: dict) -> str:
+    """Unique within a sweep (its runs share d, target, delta_2 and training), widest fields first,
+    no separators the UI would break a line at: e.g. ``n16-k2-m4096-d0.5-bias-s3``."""
+    data = f"-data{rec['data_seed']}" if rec.get("data_seed") else ""
+    return (f"n{rec['n']}-k{rec['k']}-m{rec['m']}-d{rec['delta']:g}-{'bias' if rec['bias'] else 'nobias'}"
+            f"-s{rec['seed']}{data}")
+
+
+def parent_run_name(sweep: str, kind: str, number: int, when: float | None = None) -> str:
+    """``#3 run smoke 12-01 22:40:05``: the number first, so that names cut short still differ."""
+    return f"#{number} {kind} {sweep} {time.strftime('%m-%d %H:%M:%S', time.localtime(when))}"
+
+
+def child_times(rec: dict, span: tuple[float, float] | None = None) -> tuple[int, int]:
+    """Start and end (ms since the epoch) of the run's training: its task's span when the task
+    has just come back, else (from Parquet) its end ``created_at`` less the task's wall time. The
+    seeds of one task train together as a batch, so they share their start and end."""
+    if span is not None:
+        start, end = span
+    else:
+        end = datetime.datetime.fromisoformat(rec["created_at"]).timestamp()
+        start = end - float(rec["task_wall_time"])
+    return int(start * 1000), int(end * 1000)
+
+
+def child_metrics(rec: dict, curves: dict[str, list], rows: list[int], start_ms: int, end_ms: int) -> list[tuple]:
+    """(key, value, timestamp, step) of the run's summary (at its end) and its checkpoint curves.
+
+    A curve point's step is its gradient step, and its timestamp is the run's start plus ``t lambda_*``
+    seconds, so that the UI's "Relative time" axis reads flow time in units of 1/lambda_* (the
+    points are logged after training: their real times would say nothing). ``curve.t_lambda`` (that
+    flow time, for a chart's "metric" x axis) and ``curve.bound_rel`` (the theorem's bound on
+    ``rel_loss``, ``exp(-lambda_* t)``) are logged at every checkpoint too."""
+    metrics = [(f, float(v), end_ms, 0) for f, v in rec.items()
+               if f not in PARAM_FIELDS and f not in TAG_FIELDS and _finite(v)]
+    lam = rec.get("lambda_star")
+    for i in rows:
+        step, t = int(curves["step"][i]), curves["t"][i]
+        flow = _finite(lam) and _finite(t)
+        when = start_ms + round(1000 * t * lam) if flow else end_ms
+        metrics += [(f"curve.{f}", float(curves[f][i]), when, step) for f in CURVE_METRICS if _finite(curves[f][i])]
+        if flow:
+            metrics += [("curve.t_lambda", float(t * lam), when, step),
+                        ("curve.bound_rel", math.exp(-lam * t), when, step)]
+    return metrics
+
+
 class Tracker:
-    """A parent run for this sweep invocation; :meth:`log` adds one child per training run."""
+    """:meth:`log` adds one child per training run under a parent run for this invocation; the
+    parent is made only when there is something to log, so a rerun with nothing to do adds none."""
 
     def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # else two lines per run
         from mlflow.tracking import MlflowClient
 
+        check_uri(uri)
+        artifacts = None
         if uri.startswith("sqlite:///"):
-            Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            db = Path(uri.removeprefix("sqlite:///"))
+            db.parent.mkdir(parents=True, exist_ok=True)
+            # next to the database, not in whatever directory the sweep was started from
+            artifacts = (db.parent / "mlartifacts").resolve().as_uri()
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         exp = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+        self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(
+            experiment, artifact_location=artifacts, tags=EXPERIMENT_KIND)
         if exp is not None and exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         self.sweep, self.git_commit = sweep, git_commit
-        parent = self.client.create_run(self.experiment_id, run_name=f"{sweep} {time.strftime('%F %T')}",
-                                        tags={"sweep": sweep, "git_commit": git_commit, "kind": "sweep"})
-        self.parent_id = parent.info.run_id
+        self.kind = str(params.get("kind", "run"))
+        self.params = params
+        self.parent_id: str | None = None  # made by parent() when the first child is logged
         self.logged: set[str] = set()  # run_ids with a whole child run (see logged_run_ids)
-        self._batch(self.parent_id, params={k: str(v)[:500] for k, v in params.items()})
+        self.already_logged = 0  # runs handed to log() that an earlier invocation had logged already
+
+    def parent(self) -> str:
+        """The parent run of this invocation (made on first use): short params, and every
+        longer one (the configuration) whole as a JSON artifact."""
+        if self.parent_id is None:
+            number = 1 + len(self.client.search_runs([self.experiment_id], "tags.kind = 'sweep'", max_results=5000))
+            run = self.client.create_run(self.experiment_id, run_name=parent_run_name(self.sweep, self.kind, number),
+                                         tags={"sweep": self.sweep, "git_commit": self.git_commit, "kind": "sweep"})
+            self.parent_id = run.info.run_id
+            short = {k: v for k, v in self.params.items() if k != "config" and len(str(v)) <= _MAX_PARAM_CHARS}
+            self._batch(self.parent_id, params=short)
+            for k, v in self.params.items():
+                if k not in short:
+                    self.client.log_text(self.parent_id, str(v), f"{k}.json")
+        return self.parent_id
+
+    def add_artifact(self, name: str, text: str) -> None:
+        """A text file on the parent run, if there is one (nothing logged: nothing to attach to)."""
+        if self.parent_id is not None:
+            self.client.log_text(self.parent_id, text, name)
 
     def _batch(self, mlflow_id: str, metrics=(), params=None, tags=None) -> None:
         from mlflow.entities import Metric, Param, RunTag
@@ -113,28 +235,25 @@ class Tracker:
                 self.logged = ids
                 return set(ids)
 
-    def log(self, runs: list[dict], curves: dict[str, list]) -> None:
-        """One child run per record of ``runs``, with its rows of ``curves``; a run already
-        logged whole (see :meth:`logged_run_ids`) is skipped, so none is logged twice."""
+    def log(self, runs: list[dict], curves: dict[str, list], span: tuple[float, float] | None = None) -> None:
+        """One child run per record of ``runs``, with its rows of ``curves``, timed by the task's
+        ``span`` when given (see :func:`child_times`); a run already logged whole (see
+        :meth:`logged_run_ids`) is skipped, so none is logged twice."""
         by_run: dict[str, list[int]] = {}
         for i, rid in enumerate(curves["run_id"]):
             by_run.setdefault(rid, []).append(i)
-        now = int(time.time() * 1000)
         for rec in runs:
             if rec["run_id"] in self.logged:
+                self.already_logged += 1
                 continue
-            tags = {f: rec[f] for f in TAG_FIELDS} | {"kind": "run", "mlflow.parentRunId": self.parent_id}
-            name = (f"n{rec['n']}-k{rec['k']}-m{rec['m']}-delta{rec['delta']:g}-"
-                    f"{'bias' if rec['bias'] else 'nobias'}-seed{rec['seed']}")
-            child = self.client.create_run(self.experiment_id, run_name=name, tags=tags)
-            metrics = [(f, float(v), now, 0) for f, v in rec.items()
-                       if f not in PARAM_FIELDS and f not in TAG_FIELDS and _finite(v)]
-            for i in by_run.get(rec["run_id"], []):
-                step = int(curves["step"][i])
-                metrics += [(f"curve.{f}", float(curves[f][i]), now, step) for f in CURVE_METRICS
-                            if _finite(curves[f][i])]
+            tags = {f: rec[f] for f in TAG_FIELDS} | {"kind": "run", "mlflow.parentRunId": self.parent()}
+            start, end = child_times(rec, span)
+            child = self.client.create_run(self.experiment_id, start_time=start, run_name=child_run_name(rec),
+                                           tags=tags)
+            metrics = child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end)
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
-            self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED")
+            self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
+                                       end_time=end)
             self.logged.add(rec["run_id"])
 
     def delete_children(self) -> None:
@@ -142,7 +261,12 @@ class Tracker:
         for r in self.client.search_runs([self.experiment_id], filter_string="tags.kind = 'run'", max_results=50000):
             self.client.delete_run(r.info.run_id)
 
-    def close(self, status: str = "FINISHED") -> None:
+    def close(self, status: str = "FINISHED", summary: list[str] | None = None) -> None:
+        """End the parent run (if one was made), with the closing summary as ``summary.txt``."""
+        if self.parent_id is None:
+            return
+        if summary:
+            self.add_artifact("summary.txt", "\n".join(summary) + "\n")
         self.client.set_terminated(self.parent_id, status)
 
 

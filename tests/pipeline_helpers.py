@@ -73,3 +73,36 @@ def mlflow_children(uri: str, experiment: str) -> dict:
         assert r.data.tags["run_id"] not in out, "duplicate MLflow run for one run_id"
         out[r.data.tags["run_id"]] = r
     return out
+
+
+def start_head(env: dict, temp: str, num_cpus: int = 2) -> str:
+    """`ray start --head` on free ports (another Ray on this machine may hold the defaults), its
+    files under ``temp``; returns the dashboard address once the job API answers."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    gcs, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
+    subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", f"--num-cpus={num_cpus}", "--include-dashboard=true",
+                    f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
+                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True, text=True, timeout=180)
+    return f"http://127.0.0.1:{dash}"
+
+
+def stop_cluster(temp: str) -> None:
+    """Stop the cluster whose files are under ``temp`` and no other (`ray stop` would also stop
+    the session's local_ray): its daemons name that directory on their command lines, and its
+    workers exit with their raylet."""
+    import contextlib
+
+    import psutil
+
+    procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp in part for part in p.info["cmdline"] or ())]
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    psutil.wait_procs(procs, timeout=30)

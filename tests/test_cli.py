@@ -1,11 +1,17 @@
 """The command line: bad input is refused with exit code 2 and one line naming the
 field, before anything is written or Ray starts; --dry-run estimates and runs nothing."""
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+import sobolev
+from pipeline.config import ConfigError, load_config, parse_config
 from pipeline_helpers import free_port, tiny_dict, write_yaml
 
 # Each case: a config (dict, or raw text), extra CLI args, and what the error must name.
@@ -18,7 +24,10 @@ results = []
 for case in json.loads(sys.argv[1]):
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        code = main(case["argv"])
+        try:
+            code = main(case["argv"])
+        except SystemExit as exc:  # argparse's own errors (bad option values)
+            code = exc.code
     results.append(dict(code=code, err=err.getvalue(), ray=ray.is_initialized()))
 print(json.dumps(results))
 """
@@ -56,13 +65,21 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("other_sweep", [cfg("other", good), "--out", str(other)], "another sweep configuration"),
         ("no_server", [cfg("noserver", good), "--out", str(tmp / "ns"), "--tracking-uri",
                        f"http://127.0.0.1:{port}"], "--no-mlflow"),
+        # the five of issue 13 (eps: 1e-6 is accepted: test_numeric_strings_are_numbers)
+        ("uri_scheme", [cfg("uri1", good), "--tracking-uri", "htp://127.0.0.1:5000"], "not a tracking URI"),
+        ("uri_words", [cfg("uri2", good), "--tracking-uri", "not a uri"], "not a tracking URI"),
+        ("proc_out", [cfg("proc", good), "--out", "/proc/x"], "output: cannot write to /proc/x"),
+        ("cpus_neg", [cfg("cpus1", good), "--num-cpus", "-1"], "--num-cpus: -1 CPUs"),
+        ("cpus_zero", [cfg("cpus0", good), "--num-cpus", "0"], "--num-cpus: 0 CPUs"),
+        ("seeds0", [cfg("seeds0", tiny_dict(seeds=dict(init=0)))], "seeds.init: a count of seeds must be >= 1; give a count or a list of seeds (got 0)"),
     ]
 
 
 def test_bad_inputs_exit_2_one_line_nothing_written_no_ray(tmp_path):
     cases = _cases(tmp_path)
     before = sorted(p for p in tmp_path.rglob("*"))
-    argv = [dict(argv=["run", *args, "--num-cpus", "1"] + ([] if "--out" in args else ["--out", str(tmp_path / "o")])
+    argv = [dict(argv=["run", *args] + ([] if "--num-cpus" in args else ["--num-cpus", "1"])
+                 + ([] if "--out" in args else ["--out", str(tmp_path / "o")])
                  + ([] if "--tracking-uri" in args else ["--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}"]))
             for _, args, _ in cases]
     proc = subprocess.run([sys.executable, "-c", CHECKER, json.dumps(argv)], capture_output=True, text=True,
@@ -73,15 +90,113 @@ def test_bad_inputs_exit_2_one_line_nothing_written_no_ray(tmp_path):
         lines = res["err"].strip().splitlines()
         assert res["code"] == 2, (name, res)
         assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], (name, lines)
+        assert "(got 0) (got 0)" not in lines[0] and len(lines[0]) < 400, (name, lines)
         assert not res["ray"], name
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 
 
-def test_dry_run_estimates_and_runs_nothing(tmp_path):
-    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict())
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", cfg, "--out", str(tmp_path / "out"), "--dry-run"],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+def test_dry_run_estimates_once_per_machine_and_runs_nothing(tmp_path):
+    cfg = write_yaml(tmp_path / "c.yaml", tiny_dict(resources=dict(num_gpus=0.5)))
+    env = dict(os.environ, SOBOLEV_CACHE=str(tmp_path / "cache"))
+    argv = [sys.executable, "-m", "pipeline", "run", cfg, "--out", str(tmp_path / "out"), "--dry-run"]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
     assert "8 cells x 3 seeds = 24 runs" in proc.stdout
-    assert "tasks: 16" in proc.stdout and "FLOPs" in proc.stdout and "GPU-hours" in proc.stdout
+    assert "tasks: 16" in proc.stdout and "task time: up to about" in proc.stdout
+    assert "error on a held-out shape" in proc.stdout
+    assert "wall clock here" in proc.stdout and "on G GPUs (2 task(s) per GPU)" in proc.stdout
+    cache = tmp_path / "cache" / "calibration.json"
+    calibrated = cache.read_text()
+    again = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert again.returncode == 0 and cache.read_text() == calibrated  # not timed again
+    assert again.stdout.splitlines()[3].split(" (")[0] == proc.stdout.splitlines()[3].split(" (")[0]  # same time
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_numeric_strings_are_numbers(tmp_path):
+    """`eps: 1e-6` is a string to YAML 1.1 (no dot): every float field takes it as the number."""
+    path = tmp_path / "c.yaml"
+    path.write_text(write_yaml(tmp_path / "base.yaml", tiny_dict()) and (tmp_path / "base.yaml").read_text()
+                    .replace("eps: 1.0e-06", "eps: 1e-6").replace("delta:\n  - 0.5", "delta:\n  - 5e-1"))
+    assert "eps: 1e-6" in path.read_text() and "5e-1" in path.read_text()
+    cfg = load_config(path)
+    assert cfg.training.eps == 1e-6 and cfg.grid.delta == [0.5]
+    cfg = parse_config(tiny_dict(training=dict(step_factor="1", t_max=" 3e0"), resources=dict(num_cpus="2"),
+                                 delta_fail="1e-1"))
+    got = (cfg.training.step_factor, cfg.training.t_max, cfg.resources.num_cpus, cfg.delta_fail)
+    assert got == (1.0, 3.0, 2.0, 0.1)
+    with pytest.raises(ConfigError, match="training.eps: not a number; write it like 1.0e-6"):
+        parse_config(tiny_dict(training=dict(eps="tiny")))
+
+
+def test_help_version_every_option_explained():
+    from pipeline.cli import _parser
+
+    top = subprocess.run([sys.executable, "-m", "pipeline", "--help"], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0
+    for word in ("run", "search", "sync", "status", "submit", "exit codes:", "  3  every run in Parquet"):
+        assert word in top.stdout, word
+    assert " plan" not in top.stdout
+    version = subprocess.run([sys.executable, "-m", "pipeline", "--version"], capture_output=True, text=True,
+                             timeout=120)
+    assert version.returncode == 0 and version.stdout.strip() == f"python -m pipeline {sobolev.__version__}"
+    parser = _parser()
+    subs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in subs.items():
+        for action in sub._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+
+
+def test_status_per_cell_and_search_dry_run(tmp_path):
+    from pipeline.grid import plan
+    from pipeline.results import prepare, write_task
+    from pipeline.task import execute
+
+    data = tiny_dict(grid=dict(n=[4], m=[16, 32], bias=[False]),
+                     search=dict(m_min=16, m_max=64, extra_seeds=2))
+    path, out = write_yaml(tmp_path / "c.yaml", data), tmp_path / "out"
+    cfg = load_config(path)
+    tasks, total = plan(cfg)
+    prepare(out, cfg.fingerprint(), cfg.name)
+    result = execute(tasks[0])
+    write_task(out, tasks[0].task_id, result["runs"], result["curves"])
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "status", path, "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    first = tasks[0].cell.label()
+    row = next(line.split() for line in proc.stdout.splitlines() if line.strip().startswith(first))
+    done = len(tasks[0].seeds)
+    assert row[1:5] == ["3", str(done), "0", str(3 - done)] and row[5] == result["runs"][0]["created_at"]
+    assert f"{done} of {total} runs done" in proc.stdout
+    env = dict(os.environ, SOBOLEV_CACHE=str(tmp_path / "cache"))
+    dry = subprocess.run([sys.executable, "-m", "pipeline", "search", path, "--out", str(tmp_path / "s"),
+                          "--dry-run"], capture_output=True, text=True, timeout=300, env=env)
+    assert dry.returncode == 0, dry.stderr
+    # every width of the ladder 16, 32, 64 for 3 seeds + 2 extra: an upper bound on the search's runs
+    assert "search: at most every width" in dry.stdout and "1 cells x 5 seeds" not in dry.stdout
+    assert "3 cells x 5 seeds = 15 runs" in dry.stdout and not (tmp_path / "s").exists()
+
+
+def test_progress_weights_follow_measured_task_times():
+    """The progress bar counts estimated task-seconds: the estimate's ratio between a small and a big
+    task is that of their real times (within a factor of 3, on a machine others share)."""
+    import time
+
+    from pipeline.estimate import task_weights
+    from pipeline.grid import plan
+    from pipeline.task import execute
+
+    cfg = parse_config(tiny_dict(grid=dict(n=[6], m=[16, 4096], bias=[False]), seeds=dict(init=2),
+                                 training=dict(eps=1e-30, t_max=3.0, max_steps=300)))
+    tasks, _ = plan(cfg)
+    weights = task_weights(cfg, tasks)
+    seconds = {}
+    for t in tasks:
+        for _ in range(2):  # the best of two: the first call in a process pays one-off costs
+            t0 = time.perf_counter()
+            execute(t)
+            seconds[t.task_id] = min(seconds.get(t.task_id, float("inf")), time.perf_counter() - t0)
+    small, big = sorted(tasks, key=lambda t: t.cell.m)
+    estimated = weights[big.task_id] / weights[small.task_id]
+    measured = seconds[big.task_id] / seconds[small.task_id]
+    assert estimated > 1 and 1 / 3 < estimated / measured < 3, (estimated, measured)

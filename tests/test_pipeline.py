@@ -1,14 +1,9 @@
 """End to end on real components: a local Ray, MLflow (SQLite file and a real server),
-Parquet files, and `ray job submit` to a cluster started with `ray start --head`."""
+Parquet files (`ray job submit` to a cluster started with `ray start --head`: tests/test_deploy.py)."""
 
-import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import pytest
 
@@ -16,9 +11,7 @@ from pipeline.driver import run_sweep
 from pipeline.grid import plan
 from pipeline.results import CURVES_SCHEMA, RUNS_SCHEMA, read_table
 from pipeline.tracking import PARAM_FIELDS
-from pipeline_helpers import free_port, mlflow_children, tiny_config, tiny_dict, wait_http, write_yaml
-
-REPO = Path(__file__).resolve().parents[1]
+from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 
 
 def work_done(work_log, since: int) -> list[str]:
@@ -102,52 +95,3 @@ def test_sweep_against_mlflow_server(local_ray, tmp_path):
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)
-
-
-def test_ray_job_submit_to_a_started_cluster(tmp_path):
-    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
-    gcs, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
-    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-               RAY_AUTH_MODE="disabled")
-    env.pop("RAY_ADDRESS", None)
-    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    subprocess.run([ray_bin, "start", "--head", f"--port={gcs}", "--num-cpus=2", "--include-dashboard=true",
-                    f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1", f"--temp-dir={temp}",
-                    # not the default agent ports: another Ray on this machine (the local_ray fixture) holds them
-                    f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-                    f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}",
-                    "--disable-usage-stats"], check=True, env=env, capture_output=True, text=True, timeout=180)
-    try:
-        address = f"http://127.0.0.1:{dash}"
-        wait_http(address + "/api/version", timeout=120)
-        cfg_path = write_yaml(tmp_path / "job.yaml", tiny_dict(name="job", grid=dict(n=[4], m=[16])))
-        out = tmp_path / "out"
-        for _ in range(30):  # the head's job agent may come up after the dashboard answers
-            job = subprocess.run(
-                [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO),
-                 "--runtime-env-json", '{"excludes": [".venv*", "runs", "results", "*.db", ".git"]}', "--",
-                 "python", "-m", "pipeline", "run", cfg_path, "--out", str(out), "--no-mlflow", "--no-progress"],
-                env=env, capture_output=True, text=True, timeout=400)
-            if "No available agent" not in job.stdout + job.stderr:
-                break
-            time.sleep(2)
-        assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
-        assert "sweep finished" in job.stdout
-        runs = read_table(out, "runs")
-        assert runs.num_rows == plan(tiny_config(name="job", grid=dict(n=[4], m=[16])))[1]
-    finally:
-        stop_cluster(temp)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
-def stop_cluster(temp: str) -> None:
-    """Stop the cluster whose files are under ``temp`` and no other (`ray stop` would also stop
-    the session's local_ray): its daemons name that directory on their command lines, and its
-    workers exit with their raylet."""
-    import psutil
-
-    procs = [p for p in psutil.process_iter(["cmdline"]) if any(temp in part for part in p.info["cmdline"] or ())]
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    psutil.wait_procs(procs, timeout=30)

@@ -1,0 +1,95 @@
+"""What MLflow shows of a sweep (real local Ray, real MLflow on SQLite, real Parquet): readable
+unique names, Duration = training time, curves against flow time with the bound as a relative
+quantity, the configuration and summary on the parent, and no parent for a rerun with nothing to do."""
+
+import json
+import math
+
+import pytest
+
+from pipeline.driver import run_sweep
+from pipeline.results import read_table
+from pipeline.tracking import EXPERIMENT_KIND, child_run_name, child_times, runs_link
+from pipeline_helpers import mlflow_children, tiny_config
+
+
+def parents(client, exp_id):
+    return client.search_runs([exp_id], "tags.kind = 'sweep'", max_results=100)
+
+
+def test_mlflow_names_durations_curves_artifacts_and_no_empty_parent(local_ray, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    cfg = tiny_config(name="trk", grid=dict(n=[4], m=[16], bias=[False, True]), seeds=dict(init=2))
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    report = run_sweep(cfg, out=out, tracking_uri=uri, progress=False)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(cfg.experiment_name())
+    assert exp.tags.get("mlflow.experimentKind") == EXPERIMENT_KIND["mlflow.experimentKind"]
+    assert f"#/experiments/{exp.experiment_id}/runs" in "\n".join(report.lines())
+
+    runs = read_table(out, "runs").to_pandas().set_index("run_id")
+    curves = read_table(out, "curves").to_pandas()
+    children = mlflow_children(uri, cfg.experiment_name())
+    names = [c.info.run_name for c in children.values()]
+    assert len(set(names)) == len(names) == len(runs)
+    for rid, child in children.items():
+        rec = runs.loc[rid]
+        name = child.info.run_name
+        for part in (f"n{rec.n}", f"k{rec.k}", f"m{rec.m}", f"s{rec.seed}", "nobias" if not rec.bias else "-bias"):
+            assert part in name, (part, name)
+        # Duration is the training time of the run's task (its seeds train together), not the logging time
+        duration = (child.info.end_time - child.info.start_time) / 1000
+        assert duration == pytest.approx(rec.task_wall_time, abs=0.05), (duration, rec.task_wall_time)
+        # flow time and the relative bound, against the Parquet curves (t, and bound = exp(-lambda_* t) r0^2)
+        mine = curves[curves.run_id == rid].sort_values("step")
+        history = client.get_metric_history(child.info.run_id, "curve.t_lambda")
+        t_lambda = {m.step: m.value for m in history}
+        # the UI's "Relative time" axis is flow time in units of 1/lambda_*
+        assert all(abs(m.timestamp - child.info.start_time - 1000 * m.value) <= 1 for m in history)
+        bound_rel = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "curve.bound_rel")}
+        assert sorted(t_lambda) == mine.step.tolist()
+        for row in mine.itertuples():
+            assert t_lambda[row.step] == pytest.approx(row.t * rec.lambda_star, rel=1e-9)
+            assert bound_rel[row.step] == pytest.approx(row.bound / rec.r0_sq, rel=1e-5)
+        assert mine.t.iloc[-1] * rec.lambda_star == pytest.approx(rec.t * rec.lambda_star, rel=1e-9)
+
+    (parent,) = parents(client, exp.experiment_id)
+    assert parent.info.run_name.startswith("#1 run trk ")
+    files = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"config.json", "summary.txt"} <= files
+    (tmp_path / "dl").mkdir()
+    config = open(client.download_artifacts(parent.info.run_id, "config.json", tmp_path / "dl")).read()
+    assert json.loads(config) == json.loads(cfg.model_dump_json())
+    summary = open(client.download_artifacts(parent.info.run_id, "summary.txt", tmp_path / "dl")).read()
+    assert f"{len(runs)} done" in summary
+    # artifacts next to the database, not in the working directory
+    assert (tmp_path / "mlartifacts").is_dir()
+
+    again = run_sweep(cfg, out=out, tracking_uri=uri, progress=False)
+    assert again.lines()[0].startswith(f"nothing to do: all {len(runs)} runs")
+    assert len(parents(client, exp.experiment_id)) == 1
+
+    grown = run_sweep(tiny_config(name="trk", grid=dict(n=[4], m=[16, 32], bias=[False, True]), seeds=dict(init=2)),
+                      out=out, tracking_uri=uri, progress=False)
+    assert grown.done == len(runs)
+    names = sorted(p.info.run_name for p in parents(client, exp.experiment_id))
+    assert names[0].startswith("#1 run trk ") and names[1].startswith("#2 run trk ")
+
+    # the same runs trained into another --out: already in the experiment, said so, no empty parent
+    elsewhere = run_sweep(cfg, out=tmp_path / "out2", tracking_uri=uri, progress=False)
+    assert elsewhere.done == elsewhere.mlflow_skipped == len(runs)
+    assert any(f"{len(runs)} runs trained here were already logged" in line for line in elsewhere.lines())
+    assert len(parents(client, exp.experiment_id)) == 2
+
+
+def test_child_times_from_parquet_record_and_names():
+    rec = dict(created_at="2026-12-01T22:00:10+00:00", task_wall_time=4.5, n=8, k=2, m=4096, delta=0.5, bias=True,
+               seed=3, data_seed=0)
+    start, end = child_times(rec)
+    assert end - start == 4500 and end == 1796162410000  # 2026-12-01T22:00:10Z
+    assert child_times(rec, span=(100.0, 101.25)) == (100000, 101250)
+    assert child_run_name(rec) == "n8-k2-m4096-d0.5-bias-s3"
+    assert child_run_name(dict(rec, bias=False, data_seed=2)) == "n8-k2-m4096-d0.5-nobias-s3-data2"
+    assert runs_link("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs"
+    assert math.isfinite(start)
