@@ -121,7 +121,8 @@ def checkpoint_steps(max_steps: int, per_decade: int) -> np.ndarray:
 # One place for the output columns and their Python types (the pipeline's Parquet schema).
 # Counts of pattern flips: "gross" sums the bits that changed between consecutive steps
 # (every step); "net" counts the bits that differ between the patterns of consecutive
-# checks (every check_every steps; back-and-forth flips within a check cancel).
+# checks (every check_every steps; back-and-forth flips within a check cancel; the patterns
+# compared are those the last step before each check started from, as first recorded).
 SUMMARY_FIELDS: dict[str, type] = {
     "status": str, "stopped_by": str, "steps": int, "t": float, "steps_to_eps": int, "t_to_eps": float,
     "final_rel_loss": float, "min_rel_loss": float, "value_rel_final": float, "deriv_rel_final": float,
@@ -318,7 +319,9 @@ class PatternRule:
 
     ``current`` holds the pattern of the current weights (its transpose ``current_T``);
     ``advance`` is called after every weight update, on the device, and adds the bits that
-    changed to the per-replica counter ``flips_gross``. A new mode is a new subclass."""
+    changed to the per-replica counter ``flips_gross``. A new mode is a subclass (constructed
+    from the weights, ``a``, the pattern of t = 0 and the data), an entry of ``PATTERN_RULES``
+    and a value of ``Mode``."""
 
     moves = True  # the pattern (hence H(t)) changes with the weights
     current: torch.Tensor
@@ -351,7 +354,7 @@ class FrozenPatterns(PatternRule):
 
     moves = False
 
-    def __init__(self, Aa0: torch.Tensor):
+    def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.current, self.current_T = Aa0, Aa0.transpose(1, 2)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
 
@@ -428,6 +431,9 @@ class ReluPatterns(PatternRule):
         _move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
         self.spare, self.changed = self.spare[:n_keep], self.changed[:n_keep]
         self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
+
+
+PATTERN_RULES: dict[str, type[PatternRule]] = {"relu": ReluPatterns, "frozen": FrozenPatterns}  # keys: Mode
 
 
 # ---------------------------------------------------------------------------------------
@@ -539,7 +545,7 @@ class _Run:
                               applied=torch.zeros(R, dtype=dtype, device=device),
                               loss_converged=on_device(cfg.eps * loss0),
                               loss_diverged=on_device(cfg.divergence_factor * loss0))
-        self.pattern = FrozenPatterns(Aa0) if cfg.mode == "frozen" else ReluPatterns(W, a, Aa0, data)
+        self.pattern = PATTERN_RULES[cfg.mode](W, a, Aa0, data)
         self.host = HostState.start(r0_sq, e0.double().pow(2).sum(1).cpu().numpy(),
                                     S0.double().pow(2).sum((1, 2)).cpu().numpy(), cfg.step_factor / self.lam0[:, -1])
         self.stops = Stops.empty(self.host)

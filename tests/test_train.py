@@ -8,7 +8,7 @@ import torch
 
 from sobolev import Params, TrainConfig, forward, gram, init_params, lambda_star, loss_and_grad, make_problem, train
 from sobolev.problem import effective_data
-from sobolev.train import CURVE_FIELDS, SUMMARY_FIELDS, checkpoint_steps, train_config_fields
+from sobolev.train import CURVE_FIELDS, MODES, PATTERN_RULES, SUMMARY_FIELDS, checkpoint_steps, train_config_fields
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -180,7 +180,7 @@ def test_config_fields_types_defaults_and_validation():
     fields = train_config_fields()
     assert list(fields) == [f for f in TrainConfig.__dataclass_fields__]
     assert fields["eps"][:2] == (float, 1e-6) and fields["max_steps"][:2] == (int, 100_000)
-    assert typing.get_args(fields["mode"][0]) == ("relu", "frozen")
+    assert typing.get_args(fields["mode"][0]) == MODES == ("relu", "frozen") and set(PATTERN_RULES) == set(MODES)
     assert typing.get_args(fields["dtype"][0]) == ("float32", "float64") and fields["dtype"][1] == "float32"
     assert all(isinstance(doc, str) and doc for _, _, doc in fields.values())
     assert TrainConfig(t_max=12).t_max == 12.0 and isinstance(TrainConfig(t_max=12).t_max, float)
