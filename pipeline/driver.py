@@ -18,8 +18,11 @@ from pathlib import Path
 
 from .config import SweepConfig
 from .grid import TaskSpec, plan
+from .lock import OutputLock
+from .logqueue import open_tracker
 from .pool import TaskPool
 from .results import ResultsError, archive, check_manifest, done_run_ids, prepare, quarantine_corrupt, write_task
+from .stop import DEFAULT_GRACE_S, GracefulStop
 from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, sync
 
 
@@ -44,6 +47,9 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
     mlflow_error: str | None = None  # set when MLflow logging stopped; Parquet is still complete
     config_path: str | None = None  # for the `sync` command the summary suggests
+    stopped: str | None = None  # "SIGTERM"/"SIGINT" when a signal stopped the sweep (pipeline/stop.py)
+    exit_code: int = 0  # 128 + the signal number when stopped
+    cut_off: int = 0  # runs in flight when the grace time ended
 
     @property
     def mlflow_complete(self) -> bool:
@@ -78,6 +84,11 @@ class SweepReport:
                 [f"set aside: {p} (unreadable, or the rest of a task with an unreadable or missing file); "
                  f"its runs are recomputed" for p in self.quarantined])
         out += [f"failed task: {e}" for e in self.errors]
+        if self.stopped:
+            uri = f" --tracking-uri {self.tracking_uri}" if self.tracking_uri else " --no-mlflow"
+            out.append(f"STOPPED by {self.stopped}: every finished run is written; {self.cut_off} runs in flight were "
+                       f"cut off. Resume with: python -m pipeline run {self.config_path or 'CONFIG'} --out {self.out}"
+                       f"{uri}")
         return out
 
 
@@ -133,12 +144,20 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
 
 
 def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: str | None = None,
-              mlflow: bool = True, force: bool = False, address: str | None = None, num_cpus: int | None = None,
-              progress: bool = True, max_in_flight: int | None = None) -> SweepReport:
+              mlflow: bool = True, wait: float | None = None, **kwargs) -> SweepReport:
+    """:func:`_run_sweep` holding ``out`` (pipeline/lock.py): one writer per output; ``wait``
+    seconds to queue behind another holder, else refuse at once (``LockHeld``)."""
     t0 = time.perf_counter()
     out = Path(out) if out else cfg.output_dir()
     uri = start_tracking(cfg, tracking_uri, mlflow)
-    preflight(cfg, out, uri)
+    preflight(cfg, out, uri)  # before the lock, which writes
+    with OutputLock(out, "run", wait=wait):
+        return _run_sweep(cfg, out, uri, t0, **kwargs)
+
+
+def _run_sweep(cfg: SweepConfig, out: Path, uri: str | None, t0: float, *, force: bool = False,
+               address: str | None = None, num_cpus: int | None = None, progress: bool = True,
+               max_in_flight: int | None = None, grace_s: float = DEFAULT_GRACE_S) -> SweepReport:
     prepare(out, cfg.fingerprint(), cfg.name)
     report = SweepReport(grid_runs=0, out=out, tracking_uri=uri)
     report.quarantined = set_aside_corrupt(out, report)
@@ -152,8 +171,9 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
     tracker = None
     if uri:
         try:
-            tracker = Tracker(uri, cfg.experiment_name(), cfg.name, commit,
-                              params=dict(config=cfg.model_dump_json(), grid_runs=report.grid_runs, tasks=len(tasks)))
+            tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, commit, out=out,
+                                   params=dict(config=cfg.model_dump_json(), grid_runs=report.grid_runs,
+                                               tasks=len(tasks)))
             if force:
                 _delete_children(tracker)
             tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
@@ -162,8 +182,8 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
                              f"or pass --no-mlflow to write Parquet only and `python -m pipeline sync` later") from None
     try:
         if tasks:
-            _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight)
-        if tracker and report.mlflow_complete:
+            _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight, grace_s)
+        if tracker and report.mlflow_complete and not report.stopped:
             try:
                 report.synced = sync(tracker, out)  # runs a crashed driver wrote to Parquet only
             except Exception as exc:  # noqa: BLE001 - Parquet is complete; MLflow is reported incomplete
@@ -202,9 +222,13 @@ def set_aside_corrupt(out: Path, report: SweepReport) -> list[Path]:
 def close_tracker(tracker: Tracker | None, report: SweepReport) -> None:
     if tracker:
         try:
-            tracker.close("FINISHED" if not report.failed and report.mlflow_complete else "FAILED")
+            tracker.close("KILLED" if report.stopped else
+                          "FINISHED" if not report.failed and report.mlflow_complete else "FAILED")
         except Exception as exc:  # noqa: BLE001 - the server may be gone; Parquet is complete
             report.mlflow_error = report.mlflow_error or one_line(exc)
+        # a LoggingThread (pipeline/logqueue.py) reports its failures here, and its time in MLflow
+        report.mlflow_error = report.mlflow_error or getattr(tracker, "error", None)
+        report.mlflow_time = getattr(tracker, "busy_s", report.mlflow_time)
 
 
 def _delete_children(tracker: Tracker) -> None:
@@ -238,7 +262,8 @@ def finish_task(out: Path, tracker: Tracker | None, task: TaskSpec, result: dict
     report.spans.append(result["span"])
 
 
-def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight) -> None:
+def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progress, max_in_flight,
+             grace_s=DEFAULT_GRACE_S) -> None:
     from tqdm import tqdm
 
     init_ray(address, num_cpus)
@@ -246,16 +271,27 @@ def _fan_out(cfg, tasks, out, tracker, commit, report, address, num_cpus, progre
     pending = list(reversed(tasks))
     bar = tqdm(total=sum(len(t.seeds) for t in tasks), unit="run", disable=not progress, file=sys.stderr,
                dynamic_ncols=True, desc=cfg.name, mininterval=0.5 if sys.stderr.isatty() else 15.0)
-    try:
-        while pending or len(pool):
-            while pending and not pool.full:
-                pool.submit(pending.pop())
-            task, _, result, error = pool.next()
-            if error is not None:
-                report.failed += len(task.seeds)
-                report.errors.append(f"{task.task_id}: {type(error).__name__}: {str(error).strip().splitlines()[-1]}")
-            else:
-                finish_task(out, tracker, task, result, report)
-            bar.update(len(task.seeds))
-    finally:
-        bar.close()
+    with GracefulStop(grace_s) as stop:  # after init_ray, which installs its own SIGTERM handler
+        try:
+            while (pending and not stop) or len(pool):
+                while pending and not pool.full and not stop:
+                    pool.submit(pending.pop())
+                item = pool.next(timeout=stop.remaining() if stop else 1.0)  # timeouts: to see a signal soon
+                if item is None:
+                    if stop and not stop.remaining():
+                        report.stopped, report.exit_code = stop.name, stop.exit_code
+                        report.cut_off = pool.cancel()
+                        break
+                    continue
+                task, _, result, error = item
+                if error is not None:
+                    report.failed += len(task.seeds)
+                    report.errors.append(f"{task.task_id}: {type(error).__name__}: "
+                                         f"{str(error).strip().splitlines()[-1]}")
+                else:
+                    finish_task(out, tracker, task, result, report)
+                bar.update(len(task.seeds))
+            if stop and not report.stopped:
+                report.stopped, report.exit_code = stop.name, stop.exit_code
+        finally:
+            bar.close()

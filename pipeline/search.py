@@ -22,6 +22,7 @@ from .config import SweepConfig
 from .driver import (SetupError, SweepReport, close_tracker, finish_task, git_commit, init_ray, log_invocation,
                      one_line, preflight, start_tracking)
 from .grid import Cell, TaskSpec, cells, run_id, training_of
+from .lock import OutputLock
 from .pool import TaskPool
 from .results import _atomic_write, prepare, quarantine_corrupt, read_table
 from .widthsearch import WidthSearch, ladder
@@ -57,15 +58,21 @@ def _base_cells(cfg: SweepConfig) -> list[Cell]:
 
 
 def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: str | None = None,
-               mlflow: bool = True, address: str | None = None, num_cpus: int | None = None,
-               progress: bool = True) -> tuple[SweepReport, pd.DataFrame]:
+               mlflow: bool = True, wait: float | None = None, **kwargs) -> tuple[SweepReport, pd.DataFrame]:
+    """:func:`_run_search` holding ``out`` (pipeline/lock.py), as :func:`pipeline.driver.run_sweep`."""
     if cfg.search is None:
         raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
     t0 = time.perf_counter()
-    s = cfg.search
     out = Path(out) if out else cfg.output_dir()
     uri = start_tracking(cfg, tracking_uri, mlflow)
-    preflight(cfg, out, uri)
+    preflight(cfg, out, uri)  # before the lock, which writes
+    with OutputLock(out, "search", wait=wait):
+        return _run_search(cfg, out, uri, t0, **kwargs)
+
+
+def _run_search(cfg: SweepConfig, out: Path, uri: str | None, t0: float, *, address: str | None = None,
+                num_cpus: int | None = None, progress: bool = True) -> tuple[SweepReport, pd.DataFrame]:
+    s = cfg.search
     prepare(out, cfg.fingerprint(), cfg.name)
     report = SweepReport(grid_runs=0, out=out, tracking_uri=uri)
     report.quarantined = quarantine_corrupt(out)
@@ -135,7 +142,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
     bar = tqdm(total=len(searches), unit="cell", disable=not progress, file=sys.stderr, desc=f"{cfg.name} search",
                mininterval=0.5 if sys.stderr.isatty() else 15.0)
     try:
-        tracker = start_tracker(cfg, uri, commit, kind="search")
+        tracker = start_tracker(cfg, uri, commit, kind="search", out=out)
         for c in searches:
             advance(c)
         bar.update(len(finished))
@@ -191,14 +198,14 @@ def thresholds_table(cfg: SweepConfig, searches: dict, trained: dict, finished: 
     return pd.DataFrame(rows)
 
 
-def start_tracker(cfg, uri, commit, kind):
-    from .tracking import Tracker
+def start_tracker(cfg, uri, commit, kind, out=None):
+    from .logqueue import open_tracker
 
     if not uri:
         return None
     try:
-        tracker = Tracker(uri, cfg.experiment_name(), cfg.name, commit,
-                          params=dict(config=cfg.model_dump_json(), kind=kind))
+        tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, commit, out=out,
+                               params=dict(config=cfg.model_dump_json(), kind=kind))
         tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
         return tracker
     except Exception as exc:  # noqa: BLE001 - before any training: refuse, with the way out

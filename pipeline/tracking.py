@@ -97,14 +97,18 @@ class Tracker:
     def logged_run_ids(self) -> set[str]:
         """run_id tags of the child runs logged whole (terminated), remembered so that :meth:`log`
         never logs one twice. A child still RUNNING was cut off mid-log (its driver or the server
-        died): it is deleted, so that the run is logged again, whole. (Only one driver per
-        experiment at a time: a child that another live driver is logging would be cut off too.)"""
+        died): it is deleted, so that the run is logged again, whole. A child of a parent still
+        RUNNING (another live driver's; logqueue.Guard marks dead drivers' parents KILLED) is left."""
         ids, token = set(), None
+        live = {r.info.run_id for r in self.client.search_runs(
+            [self.experiment_id], "tags.kind = 'sweep' AND attributes.status = 'RUNNING'", max_results=1000)}
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string="tags.kind = 'run'",
                                            max_results=5000, page_token=token)
             for r in page:
                 if r.info.status in ("RUNNING", "SCHEDULED"):
+                    if r.data.tags.get("mlflow.parentRunId") in live:
+                        continue
                     self.client.delete_run(r.info.run_id)
                 else:
                     ids.add(r.data.tags.get("run_id"))
