@@ -30,7 +30,7 @@ from .lock import _pid_alive, store_creation_lock
 
 # MLflow reads these at every request; a user's own setting wins
 HTTP_LIMITS = dict(MLFLOW_HTTP_REQUEST_TIMEOUT="10", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
-                   MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="0.5", MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0.5")
+                   MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0.5")
 HEARTBEAT_S = 60.0  # how often a driver refreshes its parent's heartbeat tag
 STALE_AFTER_S = 600.0  # a RUNNING parent on another host without a heartbeat for this long is dead
 CLOCK_SKEW_MS = 5000  # margin on end_time comparisons across driver clocks
