@@ -284,3 +284,21 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
         except ProcessLookupError:
             pass
         kill_group(server)
+
+
+def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (minimal budgets), a tiny
+    sweep through the CLI with replicas auto, and the memory model, in its one table."""
+    _, cfg_path, ids = sweep(tmp_path, "gpucheck", grid=dict(n=[4], m=[16], bias=[False]), seeds=dict(init=2))
+    root = Path(__file__).resolve().parents[1]
+    env = cli_env(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_QUICK=1, GPU_CHECK_CONFIG=cfg_path,
+                  GPU_CHECK_LOGS=tmp_path / "logs", PYTHON=sys.executable, PYTHONPATH=root)
+    p = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                       timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("| ") and "| cpu |" in ln]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[:2] == ["bench_step", "bench_loop"], p.stdout
+    assert any(n.startswith(f"sweep gpucheck: {len(ids)} runs") for n in names), p.stdout
+    assert sum(n.startswith("memory ") for n in names) == 3, p.stdout
+    assert all("| ok" in r or "model " in r for r in rows), p.stdout
