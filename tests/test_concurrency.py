@@ -287,7 +287,7 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
 
 
 def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
-    """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (minimal budgets), a tiny
+    """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (arguments parsed only), a tiny
     sweep through the CLI with replicas auto, and the memory model, in its one table."""
     _, cfg_path, ids = sweep(tmp_path, "gpucheck", grid=dict(n=[4], m=[16], bias=[False]), seeds=dict(init=2))
     root = Path(__file__).resolve().parents[1]
