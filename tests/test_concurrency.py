@@ -302,3 +302,26 @@ def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
     assert any(n.startswith(f"sweep gpucheck: {len(ids)} runs") for n in names), p.stdout
     assert sum(n.startswith("memory ") for n in names) == 3, p.stdout
     assert all("| ok" in r or "model " in r for r in rows), p.stdout
+
+
+STUCK = r"""
+import os, sys
+from pipeline.stop import GracefulStop
+with GracefulStop(0.2, hard_exit_after_s=1.0) as stop:
+    r, w = os.pipe()
+    print("ready", flush=True)
+    os.read(r, 1)  # a main thread blocked for good (as in ray.wait once Ray's processes are gone)
+"""
+
+
+def test_stop_exits_by_itself_when_the_main_thread_is_stuck():
+    """SIGTERM to a process whose main thread never returns to the submit loop: the watchdog exits
+    143 once the grace time and the hard-exit margin are over, saying how to resume."""
+    p = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    assert 1.0 <= time.monotonic() - t0 < 10
+    assert "SIGTERM received" in err and "did not stop within 1.2 s" in err and "run the same command again" in err
