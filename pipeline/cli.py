@@ -12,13 +12,17 @@ from pathlib import Path
 from .config import ConfigError, load_config
 from .driver import SetupError, preflight, run_sweep
 from .estimate import estimate_lines
-from .tracking import Tracker, TrackingError, check_reachable, check_uri, resolve_uri, sync
+from .lock import LockHeld, OutputLock
+from .logqueue import open_tracker
+from .stop import DEFAULT_GRACE_S
+from .tracking import TrackingError, check_reachable, check_uri, resolve_uri, sync
 
 EXIT_CODES = """exit codes:
   0  done: every run in Parquet and MLflow
   1  some tasks failed after their retries (the summary lists them; rerun to retry them)
   2  bad input (config, options, output directory, tracking URI): one line on stderr, nothing written
-  3  every run in Parquet, MLflow incomplete: run `python -m pipeline sync CONFIG` when the server answers"""
+  3  every run in Parquet, MLflow incomplete: run `python -m pipeline sync CONFIG` when the server answers
+  130/143  stopped by SIGINT/SIGTERM: every finished run is written; the summary prints the resume command"""
 
 EXAMPLES = """examples:
   python -m pipeline run configs/smoke.yaml --dry-run
@@ -60,6 +64,12 @@ def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
         p.add_argument("--num-cpus", type=positive_int, metavar="N", help="CPUs of the local Ray (default: all)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
+        p.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
+                       help=f"on SIGTERM/SIGINT, wait this long for running tasks to land (default {DEFAULT_GRACE_S:g})")
+    if mlflow:  # every command that writes the output or the tracking store holds the output's lock
+        p.add_argument("--wait", nargs="?", type=float, const=float("inf"), metavar="SECONDS",
+                       help="if another process writes the same --out, wait for it (at most SECONDS) instead of "
+                            "exiting 2")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -141,21 +151,32 @@ def main(argv: list[str] | None = None) -> int:
             return _search(cfg, args, out)
         report = run_sweep(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
                            force=args.force, address=args.address, num_cpus=args.num_cpus,
-                           progress=not args.no_progress)
-    except (ConfigError, SetupError, TrackingError) as exc:
+                           progress=not args.no_progress, wait=args.wait, grace_s=args.grace)
+    except (ConfigError, SetupError, TrackingError, LockHeld) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     report.config_path = args.config
     print("\n".join(report.lines()))
-    return 1 if report.failed else 3 if not report.mlflow_complete else 0
+    return exit_code(report)
+
+
+def exit_code(report) -> int:
+    """0 all done; 1 some tasks failed; 3 all in Parquet, MLflow incomplete; 130/143 stopped by a signal."""
+    return report.exit_code or (1 if report.failed else 3 if not report.mlflow_complete else 0)
 
 
 def _sync(cfg, args, out: Path) -> int:
+    """Fill MLflow from Parquet, holding the output (no sweep writes it meanwhile)."""
     uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
     check_reachable(uri)
-    tracker = Tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"})
-    n = sync(tracker, out)
-    tracker.close()
+    with OutputLock(out, "sync", wait=args.wait):
+        tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"},
+                               out=out)
+        n = sync(tracker, out)
+        tracker.close()
+    if tracker.error:
+        print(f"MLflow INCOMPLETE: sync to {uri} failed ({tracker.error}); run the same command again", file=sys.stderr)
+        return 3
     print(f"synced {n} runs from {out} to {uri}")
     return 0
 
@@ -164,13 +185,14 @@ def _search(cfg, args, out: Path) -> int:
     from .search import run_search
 
     report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-                               address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress)
+                               address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
+                               wait=args.wait, grace_s=args.grace)
     report.config_path = args.config
     print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
           .to_string(index=False))
     print("\n".join(report.lines()))
     print(f"thresholds: {out / 'thresholds'}")
-    return 1 if report.failed else 3 if not report.mlflow_complete else 0
+    return exit_code(report)
 
 
 def _compact(out: Path) -> int:

@@ -47,11 +47,23 @@ class TaskPool:
     def submit(self, task: TaskSpec, tag=None) -> None:
         self._in_flight[self._remote.remote(task, self._num_cpus, self._commit)] = (task, tag)
 
-    def next(self) -> tuple[TaskSpec, object, dict | None, BaseException | None]:
-        """Block until a task finishes: (task, tag, result, None) or (task, tag, None, error)."""
-        ready, _ = self._ray.wait(list(self._in_flight), num_returns=1)
+    def next(self, timeout: float | None = None) -> tuple[TaskSpec, object, dict | None, BaseException | None] | None:
+        """Block until a task finishes: (task, tag, result, None) or (task, tag, None, error);
+        None if none finished within ``timeout`` seconds."""
+        ready, _ = self._ray.wait(list(self._in_flight), num_returns=1, timeout=timeout)
+        if not ready:
+            return None
         task, tag = self._in_flight.pop(ready[0])
         try:
             return task, tag, self._ray.get(ready[0]), None
         except Exception as exc:  # noqa: BLE001 - reported by the caller, the sweep goes on
             return task, tag, None, exc
+
+    def cancel(self) -> int:
+        """Cancel every task in flight (a graceful stop's end); returns how many runs they held."""
+        runs = 0
+        for ref, (task, _) in list(self._in_flight.items()):
+            self._ray.cancel(ref, force=True)
+            runs += len(task.seeds)
+        self._in_flight.clear()
+        return runs

@@ -27,6 +27,7 @@ from .grid import base_cells, run_id, run_id_of_record, tasks_for
 from .results import _atomic_write, read_table
 from .schema import THRESHOLDS_SCHEMA, Cell
 from .session import SweepReport, SweepSession, one_line
+from .stop import DEFAULT_GRACE_S
 from .widthsearch import WidthSearch, ladder
 
 
@@ -105,13 +106,14 @@ def criterion_needs_curves(cfg: SweepConfig) -> bool:
 
 def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: str | None = None,
                mlflow: bool = True, address: str | None = None, num_cpus: int | None = None,
-               progress: bool = True) -> tuple[SweepReport, pd.DataFrame]:
+               progress: bool = True, wait: float | None = None,
+               grace_s: float = DEFAULT_GRACE_S) -> tuple[SweepReport, pd.DataFrame]:
     if cfg.search is None:
         raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
     from tqdm import tqdm
 
     session = SweepSession(cfg, "search", out=out, tracking_uri=tracking_uri, mlflow=mlflow, address=address,
-                           num_cpus=num_cpus)
+                           num_cpus=num_cpus, wait=wait, grace_s=grace_s)
     with session:
         session.open_tracker()
         state = _Searches(cfg, session)
@@ -121,12 +123,15 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
             for key in state.searches:
                 state.advance(key)
             bar.update(len(state.finished))
-            while session.in_flight:
-                task, (key, i), result = session.next()
+
+            def landed(task, tag, result) -> None:
+                key, i = tag
                 state.record(key, i, task, result)
                 before = len(state.finished)
                 state.advance(key)
                 bar.update(len(state.finished) - before)
+
+            session.work(landed)
         finally:
             bar.close()
         table = thresholds_table(cfg, state)

@@ -23,7 +23,10 @@ from .config import SweepConfig
 from .grid import TaskSpec
 from .results import (ResultsError, archive, check_manifest, prepare, quarantine_corrupt, recover_compaction,
                       write_task)
-from .tracking import Tracker, TrackingError, check_reachable, resolve_uri, runs_link, sync
+from .lock import OutputLock
+from .logqueue import open_tracker
+from .stop import DEFAULT_GRACE_S, GracefulStop
+from .tracking import TrackingError, check_reachable, resolve_uri, runs_link, sync
 
 
 class SetupError(ValueError):
@@ -53,6 +56,9 @@ class SweepReport:
     errors: list[str] = field(default_factory=list)
     mlflow_error: str | None = None  # set when MLflow logging stopped; Parquet is still complete
     config_path: str | None = None  # for the `sync` command the summary suggests
+    stopped: str | None = None  # "SIGTERM"/"SIGINT" when a signal stopped the sweep (pipeline/stop.py)
+    exit_code: int = 0  # 128 + the signal number when stopped
+    cut_off: int = 0  # runs in flight when the grace time ended
 
     @property
     def mlflow_complete(self) -> bool:
@@ -90,6 +96,11 @@ class SweepReport:
                        f"--tracking-uri {self.tracking_uri}")
         out += [f"set aside: {n}" for n in self.notes]
         out += [f"failed task: {e}" for e in self.errors]
+        if self.stopped:
+            uri = f" --tracking-uri {self.tracking_uri}" if self.tracking_uri else " --no-mlflow"
+            out.append(f"STOPPED by {self.stopped}: every finished run is written; {self.cut_off} runs in flight were "
+                       f"cut off. Resume with: python -m pipeline run {self.config_path or 'CONFIG'} --out {self.out}"
+                       f"{uri}")
         return out
 
 
@@ -164,19 +175,32 @@ class SweepSession:
 
     def __init__(self, cfg: SweepConfig, command: str, *, out: str | Path | None = None,
                  tracking_uri: str | None = None, mlflow: bool = True, force: bool = False,
-                 address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None):
+                 address: str | None = None, num_cpus: int | None = None, max_in_flight: int | None = None,
+                 wait: float | None = None, grace_s: float = DEFAULT_GRACE_S):
         self.cfg, self.command, self.force = cfg, command, force
+        self.wait, self.grace_s = wait, grace_s
         self.out = Path(out) if out else cfg.output_dir()
         self.uri = tracking_uri_of(cfg, tracking_uri, mlflow)
         self._ray = (address, num_cpus, max_in_flight)
         self.report = SweepReport(out=self.out, tracking_uri=self.uri)
         self.commit = git_commit()
-        self.tracker: Tracker | None = None
+        self.tracker = None  # a logqueue.LoggingThread around a tracking.Tracker
         self._pool = None
+        self._lock: OutputLock | None = None
+        self._queued: list[tuple[TaskSpec, object]] = []
         self._t0 = time.perf_counter()
 
     def __enter__(self) -> "SweepSession":
-        preflight(self.cfg, self.out, self.uri)
+        preflight(self.cfg, self.out, self.uri)  # before the lock, which writes
+        self._lock = OutputLock(self.out, self.command, wait=self.wait).acquire()  # one writer per output
+        try:
+            self._prepare()
+        except BaseException:
+            self._lock.release()
+            raise
+        return self
+
+    def _prepare(self) -> None:
         prepare(self.out, self.cfg.fingerprint(), self.cfg.name)
         recovered = recover_compaction(self.out)
         if recovered:
@@ -185,7 +209,6 @@ class SweepSession:
         self.report.quarantined = quarantine_corrupt(self.out, on_move=self._note_set_aside)
         if self.force:
             archive(self.out)
-        return self
 
     def _note_set_aside(self, src: Path, dest: Path, why: str) -> None:
         self.report.notes.append(f"{src.parent.name}/{src.name} -> {dest}: {why}; its runs are recomputed")
@@ -197,8 +220,8 @@ class SweepSession:
         if not self.uri:
             return
         try:
-            self.tracker = Tracker(self.uri, self.cfg.experiment_name(), self.cfg.name, self.commit,
-                                   params=dict(config=self.cfg.model_dump_json(), kind=self.command, **params))
+            self.tracker = open_tracker(self.uri, self.cfg.experiment_name(), self.cfg.name, self.commit, out=self.out,
+                                        params=dict(config=self.cfg.model_dump_json(), kind=self.command, **params))
             if self.force:
                 self.tracker.delete_children()
             self.tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed
@@ -219,23 +242,40 @@ class SweepSession:
             self._pool = TaskPool(self.cfg.resources, self.commit, window)
         return self._pool
 
-    @property
-    def in_flight(self) -> int:
-        return len(self._pool) if self._pool is not None else 0
-
     def submit(self, task: TaskSpec, tag=None) -> None:
-        self.pool.submit(task, tag)
+        """Queue ``task``: :meth:`work` submits it when the pool has room (and never after a stop)."""
+        self._queued.append((task, tag))
 
-    def next(self) -> tuple[TaskSpec, object, dict | None]:
-        """The next finished task: kept (Parquet, then MLflow) and returned with its result,
-        or recorded as failed (after Ray's retries) and returned with ``None``."""
-        task, tag, result, error = self.pool.next()
-        if error is not None:
-            self.report.failed += len(task.seeds)
-            self.report.errors.append(f"{task.task_id}: {one_line(error)}")
-            return task, tag, None
-        self.keep(task, result)
-        return task, tag, result
+    def work(self, on_result=None) -> None:
+        """Run every queued task on Ray, keeping each as it lands (:meth:`keep`) or recording its
+        failure, then calling ``on_result(task, tag, result or None)``, which may queue more.
+
+        SIGTERM/SIGINT (pipeline/stop.py): no more submissions; the tasks in flight get ``grace_s``
+        to land and are kept; then the rest is cancelled and the report says how to resume."""
+        if not self._queued:
+            return
+        pool, report = self.pool, self.report  # Ray first: GracefulStop must replace Ray's SIGTERM handler
+        with GracefulStop(self.grace_s) as stop:
+            while (self._queued and not stop) or len(pool):
+                while self._queued and not pool.full and not stop:
+                    pool.submit(*self._queued.pop(0))
+                item = pool.next(timeout=stop.remaining() if stop else 1.0)  # timeouts: to see a signal soon
+                if item is None:
+                    if stop and not stop.remaining():
+                        report.cut_off = pool.cancel()
+                        break
+                    continue
+                task, tag, result, error = item
+                if error is not None:
+                    report.failed += len(task.seeds)
+                    report.errors.append(f"{task.task_id}: {one_line(error)}")
+                    result = None
+                else:
+                    self.keep(task, result)
+                if on_result:
+                    on_result(task, tag, result)
+            if stop:
+                report.stopped, report.exit_code = stop.name, stop.exit_code
 
     def keep(self, task: TaskSpec, result: dict) -> None:
         """Keep a finished task: Parquet first (what resume trusts), then MLflow. If MLflow fails,
@@ -261,7 +301,7 @@ class SweepSession:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         report = self.report
-        if self.tracker and exc is None and report.mlflow_complete:
+        if self.tracker and exc is None and report.mlflow_complete and not report.stopped:
             try:
                 report.synced = sync(self.tracker, self.out)  # runs a crashed driver wrote to Parquet only
             except Exception as err:  # noqa: BLE001 - Parquet is complete; MLflow is reported incomplete
@@ -270,13 +310,19 @@ class SweepSession:
             try:
                 report.mlflow_skipped = self.tracker.already_logged
                 report.wall_time = time.perf_counter() - self._t0
-                self.tracker.close("FINISHED" if exc is None and not report.failed and report.mlflow_complete
-                                   else "FAILED", report.lines())
+                self.tracker.close("KILLED" if report.stopped else "FINISHED" if exc is None and not report.failed
+                                   and report.mlflow_complete else "FAILED", report.lines())
             except Exception as err:  # noqa: BLE001 - the server may be gone; Parquet is complete
                 report.mlflow_error = report.mlflow_error or one_line(err)
+            # the logging thread reports its failures here, and its time in MLflow
+            report.mlflow_error = report.mlflow_error or self.tracker.error
+            report.mlflow_time = self.tracker.busy_s
         report.wall_time = time.perf_counter() - self._t0
-        if exc is None:
-            self.log_invocation()
+        try:
+            if exc is None:
+                self.log_invocation()
+        finally:
+            self._lock.release()
 
     def log_invocation(self) -> None:
         """One line per invocation in ``<out>/sweep_log.jsonl``: what it did and how long it took."""

@@ -182,6 +182,7 @@ class Tracker:
         self.kind = str(params.get("kind", "run"))
         self.params = params
         self.parent_id: str | None = None  # made by parent() when the first child is logged
+        self.parent_tags: dict = {}  # more tags for the parent (the driver's liveness record, logqueue.Guard)
         self.logged: set[str] = set()  # run_ids with a whole child run (see logged_run_ids)
         self.already_logged = 0  # runs handed to log() that an earlier invocation had logged already
 
@@ -191,7 +192,8 @@ class Tracker:
         if self.parent_id is None:
             number = 1 + len(self.client.search_runs([self.experiment_id], "tags.kind = 'sweep'", max_results=5000))
             run = self.client.create_run(self.experiment_id, run_name=parent_run_name(self.sweep, self.kind, number),
-                                         tags={"sweep": self.sweep, "git_commit": self.git_commit, "kind": "sweep"})
+                                         tags={"sweep": self.sweep, "git_commit": self.git_commit, "kind": "sweep",
+                                               **self.parent_tags})
             self.parent_id = run.info.run_id
             short = {k: v for k, v in self.params.items() if k != "config" and len(str(v)) <= _MAX_PARAM_CHARS}
             self._batch(self.parent_id, params=short)
@@ -219,14 +221,18 @@ class Tracker:
     def logged_run_ids(self) -> set[str]:
         """run_id tags of the child runs logged whole (terminated), remembered so that :meth:`log`
         never logs one twice. A child still RUNNING was cut off mid-log (its driver or the server
-        died): it is deleted, so that the run is logged again, whole. (Only one driver per
-        experiment at a time: a child that another live driver is logging would be cut off too.)"""
+        died): it is deleted, so that the run is logged again, whole. A child of a parent still
+        RUNNING (another live driver's; logqueue.Guard marks dead drivers' parents KILLED) is left."""
         ids, token = set(), None
+        live = {r.info.run_id for r in self.client.search_runs(
+            [self.experiment_id], "tags.kind = 'sweep' AND attributes.status = 'RUNNING'", max_results=1000)}
         while True:
             page = self.client.search_runs([self.experiment_id], filter_string="tags.kind = 'run'",
                                            max_results=5000, page_token=token)
             for r in page:
                 if r.info.status in ("RUNNING", "SCHEDULED"):
+                    if r.data.tags.get("mlflow.parentRunId") in live:
+                        continue
                     self.client.delete_run(r.info.run_id)
                 else:
                     ids.add(r.data.tags.get("run_id"))

@@ -1,0 +1,105 @@
+"""The two checks of benchmarks/gpu_check.sh that are not benchmarks, each printing table rows
+(``ROW|check|result``):
+
+    PYTHONPATH=. python benchmarks/gpu_check.py sweep CONFIG --device cuda   # num_gpus > 0, replicas auto
+    PYTHONPATH=. python benchmarks/gpu_check.py memory --device cuda         # model vs max_memory_allocated
+
+``sweep`` runs CONFIG (the smoke sweep) through ``python -m pipeline run`` with ``resources``
+changed to ``num_gpus: 0.25`` (four tasks share the GPU) and ``replicas_per_task: auto`` (packed to
+80% of the GPU memory a task is given), Parquet only, and checks that every run finished on the
+device asked for. ``memory`` trains shapes on the device and compares ``sobolev.memory.task_bytes``
+with the allocated peak (``torch.cuda.max_memory_allocated``; on the CPU there is no allocator peak
+to read, so only the model is printed: tests/test_memory.py checks it against the resident peak).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+SHAPES = [(32, 16, 4, 8192, 8, "float32", False), (48, 16, 4, 256, 8, "float32", True),
+          (16, 8, 2, 16384, 8, "float64", True)]
+CUDA_SHAPES = SHAPES + [(64, 32, 4, 8192, 256, "float32", False)]  # (n, d, k, m, R, dtype, bias)
+
+
+def sweep(config: str, device: str) -> None:
+    import pyarrow.compute as pc
+
+    from pipeline.grid import plan
+    from pipeline.results import read_table
+
+    data = yaml.safe_load(Path(config).read_text())
+    gpu = device == "cuda"
+    data["resources"] = dict(data.get("resources", {}), num_gpus=0.25 if gpu else 0, num_cpus=1,
+                             replicas_per_task="auto")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "check.yaml"
+        path.write_text(yaml.safe_dump(data))
+        from pipeline.config import load_config
+
+        tasks, runs = plan(load_config(str(path)))
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-m", "pipeline", "run", str(path), "--out", f"{tmp}/out", "--no-mlflow",
+                            "--no-progress"], capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        if p.returncode:
+            print(f"ROW|sweep {data['name']} (num_gpus {data['resources']['num_gpus']}, replicas auto)|FAILED "
+                  f"(exit {p.returncode}): {(p.stderr or p.stdout).strip().splitlines()[-1][:200]}")
+            return
+        table = read_table(Path(tmp) / "out", "runs", ["device", "status"])
+    devices = sorted(set(table.column("device").to_pylist()))
+    diverged = pc.sum(pc.equal(table.column("status"), "diverged")).as_py() or 0
+    ok = table.num_rows == runs and devices == [device]
+    print(f"ROW|sweep {data['name']}: {runs} runs in {len(tasks)} tasks (num_gpus "
+          f"{data['resources']['num_gpus']}, replicas auto)|{'ok' if ok else 'FAILED'}: {table.num_rows} runs on "
+          f"{devices}, {diverged} diverged, {wall:.0f} s")
+
+
+def memory(device: str) -> None:
+    import torch
+
+    from sobolev import TrainConfig, init_params, lambda_star, make_problem, train
+    from sobolev.memory import task_bytes
+
+    cuda = device == "cuda"
+    for n, d, k, m, R, dt, bias in (CUDA_SHAPES if cuda else SHAPES):
+        dtype = getattr(torch, dt)
+        model = task_bytes(R, n, d, k, m, dtype, bias=bias)
+        label = f"memory n={n} d={d} k={k} m={m} R={R} {dt}{' bias' if bias else ''}"
+        if not cuda:
+            print(f"ROW|{label}|model {model / 2**20:.2f} MiB (no allocator peak on the CPU)")
+            continue
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        base = torch.cuda.memory_allocated()
+        problem = make_problem(n, d, k, 0.5, bias=bias, seed=0, dtype=dtype, device=device)
+        lam = lambda_star(problem)  # the driver's, not the task's: its temporaries are freed before training
+        torch.cuda.reset_peak_memory_stats()
+        params = init_params(R, m, d, bias=bias, seeds=list(range(R)), dtype=dtype, device=device)
+        cfg = TrainConfig(eps=1e-30, t_max=1e9, t_unit="absolute", max_steps=200)  # no replica stops early
+        train(params, problem, cfg, lambda_star=lam)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated() - base
+        del problem, params
+        ratio = model / peak
+        print(f"ROW|{label}|model {model / 2**20:.2f} MiB, measured {peak / 2**20:.2f} MiB, model/measured "
+              f"{ratio:.2f} ({'ok' if 0.8 <= ratio <= 1.25 else 'OFF by more than 25%'})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("check", choices=["sweep", "memory"])
+    ap.add_argument("config", nargs="?", default="configs/smoke.yaml")
+    ap.add_argument("--device", default="cuda", choices=["cpu", "cuda"])
+    args = ap.parse_args()
+    sweep(args.config, args.device) if args.check == "sweep" else memory(args.device)
+
+
+if __name__ == "__main__":
+    main()

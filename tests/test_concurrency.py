@@ -1,0 +1,329 @@
+"""Concurrency and stops on real components: the output lock (pipeline/lock.py), MLflow
+de-duplication and stale parents (pipeline/logqueue.py), a graceful SIGTERM (pipeline/stop.py),
+and a tracking server that hangs (a real `mlflow server`, SIGSTOPped: the kernel still accepts
+connections, nobody answers). Every sweep ends with each run exactly once in Parquet and MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from test_reliability import (DEADLINE, check_once, cli_env, kill_group, run_argv, start_mlflow_server, sweep,
+                              trained)
+
+from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
+from pipeline.logqueue import LoggingThread, degrade_after_s, open_tracker
+from pipeline.task import execute
+from pipeline.tracking import Tracker
+from pipeline_helpers import free_port, mlflow_children
+
+HOLD = r"""
+import sys, time
+from pipeline.lock import OutputLock
+lock = OutputLock(sys.argv[1], "holder").acquire()
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+lock.release()
+"""
+
+
+def _holder(out: Path, seconds: float) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "held"
+    return p
+
+
+def test_lock_refuses_names_holder_waits_and_takes_over_a_dead_holders_lock(tmp_path, capsys):
+    out = tmp_path / "out"
+    holder = _holder(out, 60)
+    try:
+        with pytest.raises(LockHeld) as exc:
+            OutputLock(out).acquire()
+        msg = str(exc.value)
+        assert "\n" not in msg and f"pid {holder.pid} on host {os.uname().nodename}" in msg and "since 20" in msg
+        assert "--wait" in msg
+        with pytest.raises(LockHeld, match="waited 0.3 s"):
+            OutputLock(out, wait=0.3, poll_s=0.05).acquire()
+    finally:
+        holder.kill()  # SIGKILL: no release, the record stays; the kernel drops the flock
+        holder.wait()
+    assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
+    (out / "runs").mkdir()
+    leftover = out / "runs" / ".t1.parquet.4242.tmp"  # what results._atomic_write leaves when killed
+    leftover.write_bytes(b"half")
+    kept = out / "runs" / "t0.parquet"
+    kept.write_bytes(b"x")
+    capsys.readouterr()
+    with OutputLock(out) as lock:
+        err = capsys.readouterr().err
+        assert f"taking over the lock of {out} from `holder` (pid {holder.pid}" in err
+        assert "that process is gone" in err
+        assert lock.removed == [leftover] and not leftover.exists() and kept.exists()
+    assert (out / LOCK_NAME).read_text() == ""  # a clean release leaves no record
+
+    holder = _holder(out, 1.0)  # a live holder that finishes: --wait starts when it does
+    t0 = time.monotonic()
+    with OutputLock(out, wait=float("inf"), poll_s=0.05):
+        assert time.monotonic() - t0 > 0.5
+    holder.wait()
+    err = capsys.readouterr().err
+    assert f"waiting for `holder` (pid {holder.pid}" in err and "taking over" not in err
+
+
+def _results(cfg, n_tasks=2):
+    from pipeline.grid import plan
+
+    return [execute(t) for t in plan(cfg)[0][:n_tasks]]
+
+
+def test_two_trackers_same_experiment_each_run_once_and_stale_parents_marked_killed(tmp_path):
+    """Two drivers with different outputs log the same runs into one SQLite experiment, one after
+    the other and at once: each run_id ends with exactly one whole child. A parent left RUNNING by
+    a dead driver is marked KILLED with a note and its cut-off child deleted; a live driver's
+    parent and its in-progress child are left alone."""
+    cfg, _, _ = sweep(tmp_path, "dedup", grid=dict(n=[4], m=[16], bias=[False]), seeds=dict(init=4))
+    uri, exp = f"sqlite:///{tmp_path / 'mlflow.db'}", cfg.experiment_name()
+    results = _results(cfg)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    old = Tracker(uri, exp, cfg.name, "old", params={})  # a driver that died mid-log
+    old.parent()  # made (as when a driver logs its first child)
+    old.client.log_batch(old.parent_id, tags=_tags({"driver.host": os.uname().nodename, "driver.pid": dead_pid,
+                                                    "driver.out": str(tmp_path / "o0"), "driver.heartbeat": 0}))
+    cut = old.client.create_run(old.experiment_id, tags={"kind": "run", "run_id": "cut",
+                                                         "mlflow.parentRunId": old.parent_id}).info.run_id
+    live = Tracker(uri, exp, cfg.name, "live", params={})  # another live driver (this process)
+    live.parent()
+    live.client.log_batch(live.parent_id, tags=_tags({"driver.host": os.uname().nodename, "driver.pid": os.getpid(),
+                                                      "driver.out": str(tmp_path / "o9"),
+                                                      "driver.heartbeat": int(time.time())}))
+    busy = live.client.create_run(live.experiment_id, tags={"kind": "run", "run_id": "busy",
+                                                            "mlflow.parentRunId": live.parent_id}).info.run_id
+
+    a = open_tracker(uri, exp, cfg.name, "a", params={}, out=tmp_path / "o1")
+    a.logged_run_ids()
+    status = {r: a.client.get_run(r).info for r in (old.parent_id, live.parent_id)}
+    assert status[old.parent_id].status == "KILLED" and status[live.parent_id].status == "RUNNING"
+    note = a.client.get_run(old.parent_id).data.tags["note"]
+    assert f"pid {dead_pid} on {os.uname().nodename}) is gone" in note
+    assert a.client.get_run(busy).info.lifecycle_stage == "active"
+    assert a.client.get_run(cut).info.lifecycle_stage == "deleted"
+
+    b = open_tracker(uri, exp, cfg.name, "b", params={}, out=tmp_path / "o2")
+    b.logged_run_ids()
+    first = results[0]
+    a.log(first["runs"], first["curves"])
+    a.flush()
+    b.log(first["runs"], first["curves"])  # b has not seen a's children: logs, then removes its own
+    b.flush()
+    assert b.duplicates_removed == len(first["runs"])
+    second = results[1]
+    go = threading.Barrier(2)
+
+    def log(t):
+        go.wait()
+        t.log(second["runs"], second["curves"])
+        t.flush()
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in (a, b)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    a.close()
+    b.close()
+    assert a.error is None and b.error is None
+    children = {k: v for k, v in mlflow_children(uri, exp).items() if k != "busy"}  # asserts each run_id once
+    assert set(children) == {r["run_id"] for res in results for r in res["runs"]}
+    assert all(c.info.status == "FINISHED" for c in children.values())
+
+
+def _tags(d):
+    from mlflow.entities import RunTag
+
+    return [RunTag(k, str(v)) for k, v in d.items()]
+
+
+def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, log: Path | None = None, timeout=DEADLINE):
+    deadline = time.time() + timeout
+    while not cond():
+        assert proc is None or proc.poll() is None, f"ended before {what}: " + (log.read_text()[-3000:] if log else "")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_second_driver_on_the_same_output_is_refused_or_waits(tmp_path):
+    """Driver A runs; B on the same output exits 2 at once naming A; C with --wait starts when A
+    ends and finds everything done. Each run trained once, once in Parquet and MLflow."""
+    cfg, cfg_path, ids = sweep(tmp_path, "overlap", grid=dict(n=[4]))
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = cli_env(tmp_path, SOBOLEV_TASK_DELAY=1)
+    with open(tmp_path / "a.log", "w") as log:
+        a = subprocess.Popen(run_argv(cfg_path, out, uri), env=env, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    try:
+        _wait_for(lambda: (out / LOCK_NAME).exists() and (out / LOCK_NAME).read_text(), "A's lock", a,
+                  tmp_path / "a.log")
+        b = subprocess.run(run_argv(cfg_path, out, uri), env=env, cwd=tmp_path, capture_output=True, text=True,
+                           timeout=120)
+        assert b.returncode == 2, b.stderr[-2000:]
+        lines = b.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"in use by `run` (pid {a.pid} on host" in lines[0], lines
+        c = subprocess.run(run_argv(cfg_path, out, uri) + ["--wait"], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=DEADLINE)
+        a.wait(timeout=DEADLINE)
+    finally:
+        kill_group(a)
+    assert a.returncode == 0, (tmp_path / "a.log").read_text()[-3000:]
+    assert c.returncode == 0, c.stderr[-3000:]
+    assert f"waiting for `run` (pid {a.pid}" in c.stderr
+    assert f"0 done (0 diverged), {len(ids)} skipped" in c.stdout
+    assert sorted(trained(tmp_path)) == sorted(ids)
+    check_once(cfg, ids, out, uri)
+
+
+def _parents(uri: str, experiment: str) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
+
+
+def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
+    """SIGTERM to a driver mid-sweep: it submits nothing more, lands what finishes within the grace
+    time, marks its MLflow parent KILLED, prints the resume command and exits 143. The printed
+    command finishes the sweep: every run once, no parent left RUNNING."""
+    cfg, cfg_path, ids = sweep(tmp_path, "sigterm", grid=dict(n=[4, 6]))
+    out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with open(tmp_path / "first.log", "w") as log:
+        driver = subprocess.Popen(run_argv(cfg_path, out, uri) + ["--grace", "30"],
+                                  env=cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5), cwd=tmp_path, stdout=log,
+                                  stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, tmp_path / "first.log")
+        driver.send_signal(signal.SIGTERM)
+        t0 = time.time()
+        driver.wait(timeout=60)
+        stop_s = time.time() - t0
+    finally:
+        kill_group(driver)
+    text = (tmp_path / "first.log").read_text()
+    assert driver.returncode == 143, text[-3000:]
+    assert "SIGTERM received: submitting no more tasks" in text
+    at_stop = set(json.loads(json.dumps(sorted(trained(tmp_path)))))
+    from pipeline.results import done_run_ids
+
+    landed = done_run_ids(out)
+    assert landed == at_stop and 0 < len(landed) < len(ids), "not mid-sweep, or a finished task was not written"
+    assert stop_s < 30, stop_s
+    resume = re.search(r"Resume with: (python -m pipeline run .*)$", text, re.M)
+    assert resume, text[-3000:]
+    assert [p.info.status for p in _parents(uri, cfg.experiment_name())] == ["KILLED"]
+    argv = [sys.executable if a == "python" else a for a in resume.group(1).split()] + ["--num-cpus", "2"]
+    again = subprocess.run(argv, env=cli_env(tmp_path), capture_output=True, text=True, timeout=DEADLINE,
+                           cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"{len(landed)} skipped" in again.stdout
+    assert sorted(trained(tmp_path)) == sorted(ids)  # nothing trained twice
+    check_once(cfg, ids, out, uri)
+    assert sorted(p.info.status for p in _parents(uri, cfg.experiment_name())) == ["FINISHED", "KILLED"]
+
+
+def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_path):
+    """The MLflow server is SIGSTOPped mid-sweep (connections accepted, never answered): the
+    driver warns within the stated time (logqueue.degrade_after_s under the environment's HTTP
+    settings), finishes into Parquet (exit 3); with the server resumed, `sync` fills MLflow."""
+    cfg, cfg_path, ids = sweep(tmp_path, "hang", grid=dict(n=[4]))
+    out, port = tmp_path / "out", free_port()
+    uri = f"http://127.0.0.1:{port}"
+    http = dict(MLFLOW_HTTP_REQUEST_TIMEOUT=2, MLFLOW_HTTP_REQUEST_MAX_RETRIES=1,
+                MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR=0, MLFLOW_HTTP_REQUEST_BACKOFF_JITTER=0.1)
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in http.items():
+            mp.setenv(k, str(v))
+        bound = degrade_after_s()
+    assert bound == pytest.approx(2 * 2 + 0.1)
+    server = start_mlflow_server(port, tmp_path / "server.db", tmp_path / "artifacts")
+    log_path = tmp_path / "run.log"
+    try:
+        with open(log_path, "w") as log:
+            driver = subprocess.Popen(run_argv(cfg_path, out, uri), env=cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5, **http),
+                                      cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, log_path)
+            os.killpg(server.pid, signal.SIGSTOP)
+            hung = time.time()
+            _wait_for(lambda: "warning: MLflow logging failed" in log_path.read_text(), "the warning", driver, log_path,
+                      timeout=bound + 30)
+            warned = time.time() - hung
+            driver.wait(timeout=DEADLINE)
+        finally:
+            kill_group(driver) if driver.poll() is None else None
+        text = log_path.read_text()
+        assert driver.returncode == 3, text[-3000:]
+        # the call in progress at the stop, at most one more queued behind it, each bounded; plus polling slack
+        assert warned < 2 * bound + 5, (warned, bound)
+        assert "MLflow INCOMPLETE" in text
+        check_once(cfg, ids, out, None)
+        os.killpg(server.pid, signal.SIGCONT)
+        synced = subprocess.run([sys.executable, "-m", "pipeline", "sync", cfg_path, "--out", str(out),
+                                 "--tracking-uri", uri], env=cli_env(tmp_path), capture_output=True, text=True,
+                                timeout=DEADLINE, cwd=tmp_path)
+        assert synced.returncode == 0, synced.stderr[-3000:]
+        check_once(cfg, ids, out, uri)
+        assert all(p.info.status != "RUNNING" for p in _parents(uri, cfg.experiment_name()))
+    finally:
+        try:
+            os.killpg(server.pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+        kill_group(server)
+
+
+def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
+    """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (arguments parsed only), a tiny
+    sweep through the CLI with replicas auto, and the memory model, in its one table."""
+    _, cfg_path, ids = sweep(tmp_path, "gpucheck", grid=dict(n=[4], m=[16], bias=[False]), seeds=dict(init=2))
+    root = Path(__file__).resolve().parents[1]
+    env = cli_env(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_QUICK=1, GPU_CHECK_CONFIG=cfg_path,
+                  GPU_CHECK_LOGS=tmp_path / "logs", PYTHON=sys.executable, PYTHONPATH=root)
+    p = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True, text=True,
+                       timeout=400)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("| ") and "| cpu |" in ln]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names[:2] == ["bench_step", "bench_loop"], p.stdout
+    assert any(n.startswith(f"sweep gpucheck: {len(ids)} runs") for n in names), p.stdout
+    assert sum(n.startswith("memory ") for n in names) == 3, p.stdout
+    assert all("| ok" in r or "model " in r for r in rows), p.stdout
+
+
+STUCK = r"""
+import os, sys
+from pipeline.stop import GracefulStop
+with GracefulStop(0.2, hard_exit_after_s=1.0) as stop:
+    r, w = os.pipe()
+    print("ready", flush=True)
+    os.read(r, 1)  # a main thread blocked for good (as in ray.wait once Ray's processes are gone)
+"""
+
+
+def test_stop_exits_by_itself_when_the_main_thread_is_stuck():
+    """SIGTERM to a process whose main thread never returns to the submit loop: the watchdog exits
+    143 once the grace time and the hard-exit margin are over, saying how to resume."""
+    p = subprocess.Popen([sys.executable, "-c", STUCK], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "ready"
+    t0 = time.monotonic()
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=30)
+    assert p.returncode == 143, err
+    assert 1.0 <= time.monotonic() - t0 < 10
+    assert "SIGTERM received" in err and "did not stop within 1.2 s" in err and "run the same command again" in err
