@@ -46,7 +46,7 @@ EPS = None         # tolerances eps'; None: those of analysis.EPS_GRID the runs 
 EPS_PLOT = None    # eps' of the heatmaps and m* figures; None: the eps' with the most uncensored thresholds
 DELTA_PLOT = None  # separation shown in the figures; None: the most common one
 N_BOOT = 1000      # bootstrap replicates of each threshold interval
-FIG_DPI = 110      # figures readable on a laptop screen
+FIG_DPI = 80
 
 RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
 print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relative_to(repo_root()) else RESULTS)

@@ -38,7 +38,7 @@ EPS = None         # tolerances eps' drawn on the loss curves; None: those of an
 CELL = None        # dict(n=..., k=..., delta=..., bias=...) of the loss curves; None: a no-bias cell, most widths
 N_WIDTHS = 4       # widths of that cell shown (spread over the tested ones)
 DELTA_PLOT = None  # separation shown in the per-width figures; None: the most common one
-FIG_DPI = 110      # figures readable on a laptop screen
+FIG_DPI = 80
 
 RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
 print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relative_to(repo_root()) else RESULTS)
