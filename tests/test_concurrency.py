@@ -325,3 +325,27 @@ def test_stop_exits_by_itself_when_the_main_thread_is_stuck():
     assert p.returncode == 143, err
     assert 1.0 <= time.monotonic() - t0 < 10
     assert "SIGTERM received" in err and "did not stop within 1.2 s" in err and "run the same command again" in err
+
+
+OPEN = r"""
+import os, sys, time
+from pipeline.logqueue import open_tracker
+go = float(sys.argv[2])
+time.sleep(max(0.0, go - time.time()))  # both processes open the new store at the same instant
+t = open_tracker(sys.argv[1], "race", "race", "c", params={}, out=None)
+t.close()
+print("opened", t.error)
+"""
+
+
+def test_two_drivers_creating_one_new_sqlite_store_at_once_both_succeed(tmp_path):
+    """Two processes open the same new SQLite MLflow store at the same instant (the race that made
+    the second driver fail in SQLite's schema creation): creation is serialised, both succeed."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    go = time.time() + 12  # after both have imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, uri, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "opened None" in out, err[-2000:]
+    assert len(_parents(uri, "race")) == 2
