@@ -16,7 +16,8 @@ from .tracking import TrackingError, check_reachable, resolve_uri, sync
 
 def _add_lock_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", nargs="?", type=float, const=float("inf"), metavar="SECONDS",
-                   help="if another process writes the same --out, wait for it (at most SECONDS) instead of exiting 2")
+                   help="if another process writes the same --out, wait for it (at most SECONDS) "
+                        "instead of exiting 2")
 
 
 def _parser() -> argparse.ArgumentParser:

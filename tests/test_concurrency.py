@@ -21,7 +21,7 @@ from test_reliability import (DEADLINE, check_once, cli_env, kill_group, run_arg
                               trained)
 
 from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
-from pipeline.logqueue import LoggingThread, degrade_after_s, open_tracker
+from pipeline.logqueue import degrade_after_s, open_tracker
 from pipeline.task import execute
 from pipeline.tracking import Tracker
 from pipeline_helpers import free_port, mlflow_children
@@ -216,7 +216,7 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     text = (tmp_path / "first.log").read_text()
     assert driver.returncode == 143, text[-3000:]
     assert "SIGTERM received: submitting no more tasks" in text
-    at_stop = set(json.loads(json.dumps(sorted(trained(tmp_path)))))
+    at_stop = set(trained(tmp_path))
     from pipeline.results import done_run_ids
 
     landed = done_run_ids(out)
@@ -253,8 +253,9 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
     log_path = tmp_path / "run.log"
     try:
         with open(log_path, "w") as log:
-            driver = subprocess.Popen(run_argv(cfg_path, out, uri), env=cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5, **http),
-                                      cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5, **http)
+            driver = subprocess.Popen(run_argv(cfg_path, out, uri), env=env, cwd=tmp_path, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, log_path)
             os.killpg(server.pid, signal.SIGSTOP)
