@@ -61,9 +61,11 @@ wall = time.perf_counter() - t0
 cpu1 = resource.getrusage(resource.RUSAGE_SELF)
 done.set()
 print("RESULT " + json.dumps(dict(
-    runs=report.done, tasks=report.tasks, wall=wall, cpu=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
+    runs=report.done, tasks=report.tasks, wall=wall,
+    cpu=(cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime),
     train=report.train_time, parquet=report.parquet_time, peak_rss=cpu1.ru_maxrss / 1024,
-    rss_end=proc.memory_info().rss / 2**20, in_flight_max=max(in_flight), in_flight_mean=sum(in_flight) / len(in_flight),
+    rss_end=proc.memory_info().rss / 2**20, in_flight_max=max(in_flight),
+    in_flight_mean=sum(in_flight) / len(in_flight),
     files=sum(1 for t in ("runs", "curves") for _ in (out / t).glob("*.parquet")), samples=samples)))
 """
 

@@ -21,7 +21,7 @@ from test_reliability import (DEADLINE, check_once, cli_env, kill_group, run_arg
                               trained)
 
 from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
-from pipeline.logqueue import LoggingThread, degrade_after_s, open_tracker
+from pipeline.logqueue import degrade_after_s, open_tracker
 from pipeline.task import execute
 from pipeline.tracking import Tracker
 from pipeline_helpers import free_port, mlflow_children
@@ -218,7 +218,7 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     text = (tmp_path / "first.log").read_text()
     assert driver.returncode == 143, text[-3000:]
     assert "SIGTERM received: submitting no more tasks" in text
-    at_stop = set(json.loads(json.dumps(sorted(trained(tmp_path)))))
+    at_stop = set(trained(tmp_path))
     from pipeline.results import done_run_ids
 
     landed = done_run_ids(out)
@@ -255,8 +255,9 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
     log_path = tmp_path / "run.log"
     try:
         with open(log_path, "w") as log:
-            driver = subprocess.Popen(run_argv(cfg_path, out, uri), env=cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5, **http),
-                                      cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            env = cli_env(tmp_path, SOBOLEV_TASK_DELAY=1.5, **http)
+            driver = subprocess.Popen(run_argv(cfg_path, out, uri), env=env, cwd=tmp_path, stdout=log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, log_path)
             os.killpg(server.pid, signal.SIGSTOP)
@@ -327,3 +328,27 @@ def test_stop_exits_by_itself_when_the_main_thread_is_stuck():
     assert p.returncode == 143, err
     assert 1.0 <= time.monotonic() - t0 < 10
     assert "SIGTERM received" in err and "did not stop within 1.2 s" in err and "run the same command again" in err
+
+
+OPEN = r"""
+import os, sys, time
+from pipeline.logqueue import open_tracker
+go = float(sys.argv[2])
+time.sleep(max(0.0, go - time.time()))  # both processes open the new store at the same instant
+t = open_tracker(sys.argv[1], "race", "race", "c", params={}, out=None)
+t.close()
+print("opened", t.error)
+"""
+
+
+def test_two_drivers_creating_one_new_sqlite_store_at_once_both_succeed(tmp_path):
+    """Two processes open the same new SQLite MLflow store at the same instant (the race that made
+    the second driver fail in SQLite's schema creation): creation is serialised, both succeed."""
+    uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
+    go = time.time() + 12  # after both have imported MLflow
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, uri, str(go)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and "opened None" in out, err[-2000:]
+    assert len(_parents(uri, "race")) == 2
