@@ -11,7 +11,7 @@
   cut-off children of such parents are deleted (a live driver's children are left alone).
 - Two live drivers logging the same experiment (different outputs): before a batch, runs another
   driver already logged whole are skipped; after it, a run logged whole by both keeps the child
-  that finished first (ties: the smaller MLflow id), the later one deletes its own. Each driver
+  that was logged first (metric ``logged_at``; ties: the smaller MLflow id), the later one deletes its own. Each driver
   checks after finishing its children, so the later finisher always sees the earlier one.
 """
 
@@ -33,7 +33,7 @@ HTTP_LIMITS = dict(MLFLOW_HTTP_REQUEST_TIMEOUT="10", MLFLOW_HTTP_REQUEST_MAX_RET
                    MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR="1", MLFLOW_HTTP_REQUEST_BACKOFF_JITTER="0.5")
 HEARTBEAT_S = 60.0  # how often a driver refreshes its parent's heartbeat tag
 STALE_AFTER_S = 600.0  # a RUNNING parent on another host without a heartbeat for this long is dead
-CLOCK_SKEW_MS = 5000  # margin on end_time comparisons across driver clocks
+CLOCK_SKEW_MS = 5000  # margin on logged_at comparisons across driver clocks
 
 
 def bound_http_calls() -> None:
@@ -125,16 +125,18 @@ class Guard:
                       file=sys.stderr, flush=True)
 
     def refresh(self) -> None:
-        """Children of other parents that ended since the last refresh (whole ones)."""
+        """Children of other parents logged whole since the last refresh. A child's start and end
+        are its training's (tracking.child_times), so the time it was logged is its metric
+        ``logged_at`` (epoch ms, set when it is terminated)."""
         now = int(time.time() * 1000)
-        flt = (f"tags.kind = 'run' AND attributes.end_time >= {self.since} AND "
+        flt = (f"tags.kind = 'run' AND metrics.logged_at >= {self.since} AND "
                f"tags.`mlflow.parentRunId` != '{self.t.parent_id}'")
         token = None
         while True:
             page = self.t.client.search_runs([self.t.experiment_id], flt, max_results=5000, page_token=token)
             for r in page:
-                if r.info.status != "RUNNING" and r.info.end_time:
-                    key = (r.info.end_time, r.info.run_id)
+                if r.info.status != "RUNNING":
+                    key = (r.data.metrics["logged_at"], r.info.run_id)
                     rid = r.data.tags.get("run_id")
                     self.others[rid] = min(self.others.get(rid, key), key)
             token = page.token
@@ -151,7 +153,7 @@ class Guard:
             mine = self.t.client.search_runs(
                 [self.t.experiment_id], f"tags.run_id = '{rid}' AND tags.`mlflow.parentRunId` = '{self.t.parent_id}'")
             for r in mine:
-                if (r.info.end_time or 0, r.info.run_id) > self.others[rid]:
+                if (r.data.metrics.get("logged_at", 0), r.info.run_id) > self.others[rid]:
                     self.t.client.delete_run(r.info.run_id)
                     deleted += 1
         return deleted
