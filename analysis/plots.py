@@ -139,7 +139,8 @@ def plot_thresholds(ax, th: pd.DataFrame, x: str, *, m_col: str = "m_star", boun
     """Draw the thresholds of one line (e.g. fixed ``k``, bias, criterion, eps') against column ``x``.
 
     Uncensored cells: filled circles joined by a line, with the bootstrap interval
-    ``m_star_lo..m_star_hi`` (an arrow where the interval is open above).  Censored cells: hollow
+    ``m_star_lo..m_star_hi`` (an arrow where the interval is open above, no bar where ``m_star_lo`` is
+    NaN: no interval).  Censored cells: hollow
     triangles at ``bound_col``, up for "m* above the largest tested width", down for "at or below
     the smallest".  ``m_col``/``bound_col`` may be any pair that grows with ``m*``, e.g.
     ``log10_gap``/``log10_gap_bound``.  Returns the number of points drawn per censoring flag.
@@ -153,16 +154,18 @@ def plot_thresholds(ax, th: pd.DataFrame, x: str, *, m_col: str = "m_star", boun
     counts[NOT_CENSORED] = len(ok)
     if interval and {"m_star_lo", "m_star_hi"} <= set(th.columns) and m_col == "m_star" and len(ok):
         y = ok[m_col].to_numpy(float)
+        has = np.isfinite(ok["m_star_lo"].to_numpy(float))  # NaN: no interval (e.g. one data instance)
         lo = np.minimum(ok["m_star_lo"].to_numpy(float), y)
         hi = ok["m_star_hi"].to_numpy(float)
-        closed = np.isfinite(hi)
+        closed = has & np.isfinite(hi)
+        opened = has & np.isposinf(hi)
         if closed.any():
             ax.errorbar(ok[x].to_numpy(float)[closed], y[closed],
                         yerr=[y[closed] - lo[closed], np.maximum(hi[closed] - y[closed], 0)],
                         fmt="none", ecolor=color, capsize=3, alpha=0.7)
-        if (~closed).any():
-            ax.errorbar(ok[x].to_numpy(float)[~closed], y[~closed],
-                        yerr=[y[~closed] - lo[~closed], y[~closed]], lolims=True,
+        if opened.any():
+            ax.errorbar(ok[x].to_numpy(float)[opened], y[opened],
+                        yerr=[y[opened] - lo[opened], y[opened]], lolims=True,
                         fmt="none", ecolor=color, capsize=3, alpha=0.7)
     for flag in (ABOVE, BELOW):
         cens = th[th["censored"] == flag]
@@ -220,4 +223,65 @@ def plot_width_medians(ax, medians: pd.DataFrame, *, color=None, label: str | No
         if cens.any():
             ax.plot(m[cens], med[cens], linestyle="none", marker="o", markersize=10, markerfacecolor="white",
                     markeredgecolor=line.get_color())
+    return line
+
+
+def interval_text(estimate, lo, hi, digits: int = 2) -> pd.Series:
+    """``"est [lo, hi]"`` per row; the estimate alone where the interval is missing, ``"-"`` where the
+    estimate is."""
+    est, lo, hi = (np.asarray(v, dtype=float) for v in (estimate, lo, hi))
+    out = []
+    for e, a, b in zip(est, lo, hi):
+        if not np.isfinite(e):
+            out.append("-")
+        elif np.isfinite(a) and np.isfinite(b):
+            out.append(f"{e:.{digits}f} [{a:.{digits}f}, {b:.{digits}f}]")
+        else:
+            out.append(f"{e:.{digits}f}")
+    return pd.Series(out, dtype=object)
+
+
+# Columns that identify the training of a threshold cell besides THRESHOLD_KEYS (``eps`` is not one:
+# in a thresholds table it is the tolerance eps', in the runs table the training eps).
+PLOT_CELL_KEYS = ("n", "k", "delta", "bias", "mode", "t_max", "step_factor")
+
+
+def logistic_plot_table(th: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str] = PLOT_CELL_KEYS) -> pd.DataFrame:
+    """An :func:`analysis.thresholds.instance_thresholds` table with the columns
+    :func:`plot_thresholds` and :func:`threshold_labels` read: ``m_star`` (``m_logistic``), ``censored``
+    (``logistic_censored``), ``m_star_lo, m_star_hi`` (``m_lo, m_hi``) and ``m_bound``: the largest
+    tested width of the cell (in ``runs``) where censored above, the smallest where censored below.
+
+    Cells are matched on the columns of ``keys`` present in both tables.
+    """
+    require_columns(th, ["m_logistic", "logistic_censored", "m_lo", "m_hi"], "thresholds")
+    require_columns(runs, ["m"], "runs")
+    on = [c for c in keys if c in th.columns and c in runs.columns]
+    widths = runs.groupby(on, dropna=False)["m"].agg(_m_min="min", _m_max="max").reset_index()
+    out = th.drop(columns=["m_star", "censored", "m_bound", "m_star_lo", "m_star_hi"], errors="ignore").merge(
+        widths, on=on, how="left")
+    flag = out["logistic_censored"]
+    bound = np.where(flag == ABOVE, out["_m_max"], np.where(flag == BELOW, out["_m_min"], np.nan))
+    return out.drop(columns=["_m_min", "_m_max"]).assign(
+        m_star=out["m_logistic"], censored=flag, m_bound=bound.astype(float), m_star_lo=out["m_lo"],
+        m_star_hi=out["m_hi"])
+
+
+def plot_ratio(ax, table: pd.DataFrame, x: str, *, color=None, label: str | None = None,
+               ratio_col: str = "ratio"):
+    """A ratio (e.g. of :func:`analysis.comparisons.control_comparison`) against ``x`` with its
+    interval ``lo..hi`` as error bars where it has one; rows without a ratio are skipped.  Returns
+    the line (None when no row has a ratio)."""
+    require_columns(table, [x, ratio_col, "lo", "hi"], "ratios")
+    table = table[np.isfinite(table[ratio_col].astype(float))].sort_values(x)
+    if table.empty:
+        return None
+    xs, r = table[x].to_numpy(float), table[ratio_col].to_numpy(float)
+    line = ax.plot(xs, r, marker="o", color=color, label=label)[0]
+    lo, hi = table["lo"].to_numpy(float), table["hi"].to_numpy(float)
+    closed = np.isfinite(lo) & np.isfinite(hi)
+    if closed.any():
+        ax.errorbar(xs[closed], r[closed], yerr=[np.maximum(r[closed] - lo[closed], 0),
+                                                 np.maximum(hi[closed] - r[closed], 0)],
+                    fmt="none", ecolor=line.get_color(), capsize=3, alpha=0.7)
     return line

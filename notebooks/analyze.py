@@ -14,26 +14,28 @@
 # ---
 
 # %% [markdown]
-# # How wide must the network be? Empirical width thresholds against Cocola & Hand (2020)
+# # Width thresholds of Sobolev training against Cocola & Hand (2020)
 #
-# Theorem 1 (no bias) and Theorem 2 (bias) say that gradient flow on the directional Sobolev loss
-# fits any data at rate `exp(-lambda_* t)` once the width exceeds
-# `m_thm = Omega(n^6 k^3 gamma^2 / (lambda_*^4 delta^2))` (see `shared/MATH.md`). This notebook reads a
-# results directory of the sweep pipeline and measures the empirical threshold `m*(n, k, delta_1, bias)`:
-# the smallest tested width from which the success rate over random initialisations stays at or above
-# `1 - DELTA_FAIL`. Success has two meanings, both judged at a tolerance `eps'` chosen after the fact:
+# Theorems 1/2 say a two-layer ReLU net of width `m = Omega(n^6 k^3 ...)`, trained by gradient flow on the
+# directional Sobolev loss, drives the loss to zero at rate `lambda_*` with probability `1 - delta`. This notebook
+# measures the smallest width `m*` at which a fraction `1 - DELTA_FAIL` of the seeds succeeds, per cell
+# `(n, k, delta, bias)`, and how it scales (`docs/MATH.md`):
 #
-# * **interpolation**: the relative loss `L(t)/L(0)` reached `eps'` within the time budget;
-# * **regime**: the theorem's bound `||r(t)||^2 <= exp(-lambda_* t) ||r(0)||^2` and
-#   `lambda_min(H(t)) >= lambda_*/2` held at every checkpoint until `eps'` was reached.
+# 1. the design of the results directory;
+# 2. direct thresholds (logistic fit of success on `log m`, bootstrap over data instances then seeds) per
+#    success criterion and tolerance `eps'`, and their exponents `p` (of `n`) and `q` (of `k`);
+# 3. the floor law (censored fit of the final loss on `n, k, delta, m`) and the `m*(eps')` it implies;
+# 4. how far the exponents move across criteria, tolerances, horizons and left-out data (sensitivity);
+# 5. the controls: ReLU against frozen activation patterns, `k = 0` against `k >= 1`, step factors;
+# 6. the theorem compared by scaling.
 #
-# Every number below comes from the tested `analysis` package; this notebook only reshapes and plots.
+# Success criteria (`analysis.criteria()`): `interpolation` (the loss reached `eps'` at some step; optimistic),
+# `settled` (it stays `<= eps'` over the last checkpoint interval to the end of the budget), `settled_both` (the
+# value and the derivative residuals each settle) and `regime` (the theorem's bound at every step and
+# `lambda_min >= lambda_*/2` at the checkpoints, until `eps'` is first reached).
 #
-# **Censored thresholds.** A cell whose rate never reaches the target at the largest tested width has
-# `m* > m_max` (*censored above*, drawn as a hollow ▲ at `m_max`); one that already reaches it at the
-# smallest width has `m* <= m_min` (*censored below*, hollow ▼ at `m_min`). Censored cells carry no
-# number: tables show them as `> m_max` / `<= m_min`, and the power-law fits leave them out
-# (the `n_censored` column says how many).
+# Every number comes from the tested `analysis` package; the notebook only filters, reshapes and plots.
+# A section whose data the results directory lacks says so and moves on.
 
 # %% tags=["parameters"]
 import os
@@ -41,11 +43,10 @@ import os
 from analysis.paths import repo_root, results_dir
 
 RESULTS = os.environ.get("SOBOLEV_RESULTS", "results/cpu_study")  # relative paths: to the repository root
-DELTA_FAIL = float(os.environ.get("SOBOLEV_DELTA_FAIL", "0.1"))  # the sweep's delta_fail (m_thm was computed at it)
-EPS = None         # tolerances eps'; None: those of analysis.EPS_GRID the runs can judge (>= their training eps)
-EPS_PLOT = None    # eps' of the heatmaps and m* figures; None: the eps' with the most uncensored thresholds
-DELTA_PLOT = None  # separation shown in the figures; None: the most common one
-N_BOOT = 1000      # bootstrap replicates of each threshold interval
+DELTA_FAIL = float(os.environ.get("SOBOLEV_DELTA_FAIL", "0.1"))  # the theorem's failure probability
+EPS = None       # tolerances eps' of the thresholds; None: 1e-2..1e-5 (those >= the training eps)
+EPS_PLOT = None  # eps' of the figures; None: the one with the most uncensored headline thresholds
+N_BOOT = int(os.environ.get("SOBOLEV_N_BOOT", "200"))  # bootstrap replicates (instances, then seeds)
 FIG_DPI = 80
 
 RESULTS = results_dir(RESULTS)  # relative to the repository root, found from the analysis package
@@ -54,71 +55,82 @@ print("results directory:", RESULTS.relative_to(repo_root()) if RESULTS.is_relat
 # %%
 # %matplotlib inline
 import textwrap
+import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
-from matplotlib.ticker import NullFormatter
 import pandas as pd
 from IPython.display import display
+from matplotlib.ticker import NullFormatter
 
-from analysis import (CRITERIA, EPS_GRID, THRESHOLD_KEYS, fit_exponents, load_results, loglog_slopes, loss_floor,
-                      run_success, success_rates, theory_gap, thresholds)
-from analysis.plots import (anchored_power_law, censor_legend_handles, exponent_table, fitted_power_law,
-                            plot_success_heatmap, plot_thresholds, plot_width_medians, threshold_labels)
+from analysis import (CURVE_COLUMNS, beside_thresholds, control_comparison, criteria, criterion, fit_exponents,
+                      fit_floor_law, floor_exponents, instance_thresholds, load_results, loglog_slopes, loss_floor,
+                      run_success, sensitivity_summary, sensitivity_table, theorem_exponents, theory_gap,
+                      threshold_ratio)
+from analysis.comparisons import CONTROL_CELL, THEOREM_CAVEAT
+from analysis.plots import (anchored_power_law, censor_legend_handles, exponent_table, interval_text,
+                            logistic_plot_table, plot_ratio, plot_thresholds, plot_width_medians, threshold_labels)
+from analysis.sensitivity import SENSITIVITY_EPS
 
-plt.rcParams.update({"figure.dpi": FIG_DPI, "savefig.dpi": FIG_DPI, "font.size": 8, "axes.titlesize": 8,
-                     "legend.fontsize": 7})
-pd.set_option("display.width", 200)
+plt.rcParams.update({"figure.dpi": FIG_DPI, "savefig.dpi": FIG_DPI, "figure.figsize": (8, 5), "font.size": 10,
+                     "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 10, "xtick.labelsize": 10,
+                     "ytick.labelsize": 10})
+pd.set_option("display.width", 220)
 pd.set_option("display.max_columns", 40)
-pd.set_option("display.max_colwidth", 200)
+pd.set_option("display.max_colwidth", 90)
+pd.set_option("display.max_rows", 120)
+# the censored fit's Newton steps overflow harmlessly in replicates it then marks as failed
+warnings.filterwarnings("ignore", category=RuntimeWarning, module="analysis.floorlaw")
+COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+CRITERIA = list(criteria())
+NOT_HERE = "not in this results directory"
 
 # %% [markdown]
-# ## The data
+# ## 1. The design
 #
-# One row per training run (`runs`) and one per checkpoint (`curves`). The tolerances `eps'` are limited by
-# the training: a run that stopped on reaching its training `eps` says nothing about smaller tolerances,
-# so only `eps' >= ` the largest training `eps` is used.
+# Runs of a different training (`mode`, horizon `t_max`, `step_factor`) are different experiments: every success
+# table below keeps them apart as strata, and the headline experiment is one of them.
 
 # %%
-runs, curves = load_results(RESULTS)
-if runs["mode"].nunique() > 1:  # a frozen-pattern control is a different experiment: keep the ReLU runs
-    print("modes:", runs["mode"].value_counts().to_dict(), "-> analysing mode == 'relu'")
-    runs = runs[runs["mode"] == "relu"]
-    curves = curves[curves["run_id"].isin(runs["run_id"])]
-
+# every registered criterion's curve columns (settled_both reads the residuals' interval maxima)
+runs, curves = load_results(RESULTS, curve_columns=[*CURVE_COLUMNS, "value_rel_interval_max", "deriv_rel_interval_max"])
+STRATA = ["mode", "t_max", "step_factor"]
 train_eps = float(runs["eps"].max())
 if EPS is None:
-    EPS = [e for e in EPS_GRID if e >= train_eps] or [train_eps]
+    EPS = [e for e in SENSITIVITY_EPS if e >= train_eps] or [train_eps]
 EPS = sorted(float(e) for e in EPS)
-if DELTA_PLOT is None:
-    DELTA_PLOT = float(runs["delta"].value_counts().sort_index().idxmax())
+HORIZON = float(runs["t_max"].max())
+STEP = 1.0 if (runs["step_factor"] == 1.0).any() else float(runs["step_factor"].mode().iloc[0])
+runs = runs.assign(k_group=np.where(runs["k"] == 0, "k=0", "k>=1"))
 
-seeds = runs.groupby(["n", "k", "delta", "bias", "m"]).size()
-print(f"{len(runs)} runs, {len(curves)} checkpoints, {runs.groupby(list(THRESHOLD_KEYS)).ngroups} cells")
-for col in ("n", "k", "m", "delta", "bias"):
-    print(f"  {col:6s}", sorted(runs[col].unique().tolist()))
-print(f"  seeds per (cell, m): {seeds.min()}..{seeds.max()}; training eps {train_eps:g}; "
-      f"t_max {sorted(runs['t_max'].unique().tolist())} ({runs['t_unit'].iloc[0]})")
-print("  status:", runs["status"].value_counts().to_dict())
-print(f"eps' = {EPS}; DELTA_FAIL = {DELTA_FAIL} (target rate {1 - DELTA_FAIL:g}: with {seeds.min()} seeds "
-      f"that needs {int(np.ceil((1 - DELTA_FAIL) * seeds.min() - 1e-9))}/{seeds.min()} successes)")
 
-# %%
-success = run_success(runs, curves, eps_grid=EPS)
-rates = success_rates(success)
-th = theory_gap(thresholds(rates, delta_fail=DELTA_FAIL, n_boot=N_BOOT, seed=0), runs)
-exps = fit_exponents(th)
+def listed(v):
+    return ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in sorted(v.unique()))
 
-counts = (th.assign(uncensored=th["censored"] == "none").groupby(["criterion", "eps"])["uncensored"]
-          .agg(["sum", "size"]).rename(columns={"sum": "uncensored", "size": "cells"}))
-if EPS_PLOT is None:
-    best = counts["uncensored"].groupby("eps").sum()
-    EPS_PLOT = float(best[best == best.max()].index.min())
-print(f"eps' shown in the figures: {EPS_PLOT:g}; delta shown: {DELTA_PLOT:g}")
-display(counts.unstack("criterion"))
 
+design = runs.groupby(["bias", "mode", "t_max", "step_factor", "k_group"]).agg(
+    runs=("run_id", "size"), cells=("run_id", lambda v: runs.loc[v.index].groupby(["n", "k", "delta"]).ngroups),
+    n=("n", listed), k=("k", listed), delta=("delta", listed), m=("m", listed),
+    instances=("data_seed", "nunique"), seeds=("seed", "nunique"))
+print(f"{len(runs)} runs, {len(curves)} checkpoints; training eps {sorted(runs['eps'].unique().tolist())}; "
+      f"t_max in units of {runs['t_unit'].iloc[0]}; status {runs['status'].value_counts().to_dict()}")
+print("Runs per part of the study:")
+display(design)
+print(f"eps' = {EPS}; DELTA_FAIL = {DELTA_FAIL} (target rate {1 - DELTA_FAIL:g}); N_BOOT = {N_BOOT}")
+print(f"headline experiment: no bias, mode relu, t_max {HORIZON:g}, step_factor {STEP:g}, k >= 1")
+print("criteria:")
+for name in CRITERIA:
+    print(f"  {name:14s} {criterion(name).doc}")
 
 # %%
+success = run_success(runs, curves, eps_grid=EPS, criteria=CRITERIA, strata=STRATA)
+
+
+def headline_filter(df, k_min=1):
+    return df[(~df["bias"].astype(bool)) & (df["mode"] == "relu") & (df["t_max"] == HORIZON)
+              & (df["step_factor"] == STEP) & (df["k"] >= k_min)]
+
+
 def close(a, b):
     return np.isclose(a.astype(float), b, rtol=1e-9, atol=0)
 
@@ -127,264 +139,334 @@ def values(df, col):
     return sorted(df[col].unique().tolist())
 
 
-def label_ticks(ax, ticks):
-    """Tick a log x axis at the tested values only."""
-    ax.set_xticks(ticks, [f"{v:g}" for v in ticks])
-    ax.xaxis.set_minor_formatter(NullFormatter())
-
-
-def dodge(values_, i, count, factor=1.08):
-    """Shift line ``i`` of ``count`` sideways on a log axis so that coinciding markers stay visible."""
-    return values_ * factor ** (i - (count - 1) / 2)
+def log_axis(ax, which, ticks=None, label=None):
+    """A log axis labelled (and ticked at the tested values)."""
+    getattr(ax, f"set_{which}scale")("log")
+    if ticks is not None:
+        getattr(ax, f"set_{which}ticks")(ticks, [f"{v:g}" for v in ticks])
+        getattr(ax, f"{which}axis").set_minor_formatter(NullFormatter())
+    if label:
+        getattr(ax, f"set_{which}label")(label + " (log scale)")
 
 
 def shared_legend(fig, axes, censoring=True):
-    """One legend for a row of panels (their distinct entries and the censoring markers), below them."""
     entries = {}
-    for ax in axes:
+    for ax in np.ravel(axes):
         for handle, label in zip(*ax.get_legend_handles_labels()):
             entries.setdefault(label, handle)
     for handle in censor_legend_handles() if censoring else []:
         entries[handle.get_label()] = handle
-    fig.legend(list(entries.values()), list(entries.keys()), loc="outside lower center", ncols=min(len(entries), 4))
-
-
-BIASES, KS, NS = values(runs, "bias"), values(runs, "k"), values(runs, "n")
-COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-
-# %% [markdown]
-# ## 1. Success probability against width
-#
-# One figure per criterion at the tolerance `EPS_PLOT`; rows are the bias variants, columns the number of
-# directions `k`. Each cell of a heatmap is one `(n, m)`; its colour is the success rate and its label
-# `successes/trials`. The threshold is where a column turns (and stays) yellow, i.e. reaches
-# `1 - DELTA_FAIL`. Theory predicts the transition moves up steeply with `n` and `k`.
-
-# %%
-for criterion in CRITERIA:
-    sel = rates[(rates["criterion"] == criterion) & close(rates["eps"], EPS_PLOT) & close(rates["delta"], DELTA_PLOT)]
-    fig, axes = plt.subplots(len(BIASES), len(KS), figsize=(2.6 * len(KS) + 1, 2.2 * len(BIASES)), squeeze=False,
-                             constrained_layout=True)
-    image = None
-    for i, bias in enumerate(BIASES):
-        for j, k in enumerate(KS):
-            ax = axes[i, j]
-            part = sel[(sel["bias"] == bias) & (sel["k"] == k)]
-            if part.empty:
-                ax.set_axis_off()
-                continue
-            image = plot_success_heatmap(ax, part, x="n", y="m")
-            ax.set_title(f"bias={bias}, k={k}")
-    if image is not None:
-        fig.colorbar(image, ax=axes, shrink=0.8, label="success rate")
-    fig.suptitle(f"{criterion}: success rate at eps'={EPS_PLOT:g}, delta={DELTA_PLOT:g}")
-    plt.show()
+    if entries:
+        fig.legend(list(entries.values()), list(entries.keys()), loc="outside lower center", ncols=min(len(entries), 3))
 
 
 # %% [markdown]
-# ## 2. Thresholds against `n` and `k`, with the fitted power law and the theorem's slope
+# ## 2. Direct thresholds of the headline experiment
 #
-# `m*` on log-log axes: filled circles are uncensored thresholds with their bootstrap interval over seeds
-# (an arrow where the interval is open above), hollow triangles are censored cells at their bound.
-# The solid thin line is the power law `log m* = c + p log n + q log k (+ r log delta)` fitted to the
-# uncensored cells of that bias variant and criterion (drawn only where it was fitted); its exponents
-# are in the panel title. The dashed grey line has the theorem's slope (`n^6`, resp. `k^3`), anchored at
-# the first uncensored point: a measured threshold rising more slowly than it means the bound is loose in
-# that direction. The theorem's width `m_thm` itself lies many orders of magnitude higher (section 4).
+# `m*` per cell, criterion and `eps'`: where a Firth logistic fit of success on `log m` crosses `1 - DELTA_FAIL`,
+# with a percentile interval from a bootstrap over data instances, then seeds (`analysis.instance_thresholds`; a
+# cell with one instance gets no interval: the scatter between instances is not measured). A crossing outside
+# the tested widths is censored and shown as a bound (`> m_max`, `<= m_min`), never as a number.
 
 # %%
-def exponent_title(fit, terms):
-    """Panel title: the fitted exponents or why there are none."""
-    row = exponent_table(fit, terms=terms).iloc[0] if len(fit) else None
-    if row is None:
-        return "no fit"
-    shown = ", ".join(f"{t} = {row[t]}" for t in terms if row[t] != "-")
-    return "; ".join(part for part in (shown, row["note"]) if part)
+head_success = headline_filter(success)
+if head_success.empty:
+    th = pd.DataFrame()
+    print("headline experiment (no bias, relu, k >= 1):", NOT_HERE)
+else:
+    th = logistic_plot_table(instance_thresholds(head_success, runs, delta_fail=DELTA_FAIL, n_boot=N_BOOT, seed=0),
+                             runs)
+    th = th.assign(label=threshold_labels(th).to_numpy())
+    counts = th.assign(uncensored=th["censored"] == "none").groupby(["criterion", "eps"])["uncensored"].sum()
+    if EPS_PLOT is None:
+        best = counts.groupby("eps").sum()
+        EPS_PLOT = float(best[best == best.max()].index.min())
+    print(f"eps' of the figures: {EPS_PLOT:g}. m* per cell (> / <=: censored at the tested widths):")
+    display(th.pivot_table(index=["n", "k", "delta"], columns=["criterion", "eps"], values="label", aggfunc="first"))
+    print(f"Intervals at eps'={EPS_PLOT:g} and why some are missing:")
+    display(th[close(th["eps"], EPS_PLOT)][["n", "k", "delta", "criterion", "eps", "m_logistic", "m_lo", "m_hi",
+                                            "n_instances", "trials_near", "interval_note"]].round(
+        {"m_logistic": 1, "m_lo": 1, "m_hi": 1}))
+
+# %%
+if len(th):
+    exps = fit_exponents(th, m_col="m_logistic", terms=("p", "q", "r"))
+    print("Exponents of the direct threshold m* (log m* = c + p log n + q log k + r log delta), 95% intervals:")
+    display(exponent_table(exps))
+else:
+    exps = pd.DataFrame()
 
 
-def thresholds_against(x, lines, slope, criterion):
-    fig, axes = plt.subplots(1, len(BIASES), figsize=(4.2 * len(BIASES) + 0.6, 3.9), squeeze=False,
-                             constrained_layout=True)
-    for ax, bias in zip(axes[0], BIASES):
-        sel = th[(th["criterion"] == criterion) & close(th["eps"], EPS_PLOT) & close(th["delta"], DELTA_PLOT)
-                 & (th["bias"] == bias)]
-        fit = exps[(exps["bias"] == bias) & (exps["criterion"] == criterion) & close(exps["eps"], EPS_PLOT)]
-        term = {"n": "p", "k": "q"}[x]
+# %%
+def thresholds_against(x, lines, slope):
+    """m* against ``x`` at EPS_PLOT, one panel per criterion, one line per value of ``lines``; the theorem's slope
+    drawn (dashed) through the first uncensored point for scale."""
+    sel = th[close(th["eps"], EPS_PLOT)]
+    rows = int(np.ceil(len(CRITERIA) / 2))
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.6 * rows), squeeze=False, layout="constrained")
+    for ax, name in zip(axes.flat, CRITERIA):
+        part_c = sel[sel["criterion"] == name]
         anchored = False
-        for color, value in zip(COLORS, values(sel, lines)):
-            part = sel[sel[lines] == value].sort_values(x)
-            plot_thresholds(ax, part, x, color=color, label=f"{lines}={value}")
-            grid = pd.DataFrame({x: np.geomspace(part[x].min(), part[x].max(), 20), lines: value,
-                                 "delta": DELTA_PLOT})
-            if term in set(fit["term"]):
-                ax.plot(grid[x], fitted_power_law(fit, grid), color=color, linewidth=0.8, alpha=0.8)
+        for i, (key, part) in enumerate(part_c.groupby(lines)):
+            if part[x].nunique() < 2:
+                continue
+            key = key if isinstance(key, tuple) else (key,)
+            plot_thresholds(ax, part, x, color=COLORS[i % len(COLORS)],
+                            label=", ".join(f"{c}={v:g}" for c, v in zip(lines, key)))
             ok = part[part["censored"] == "none"]
             if len(ok) and not anchored:
-                x0, y0 = ok[x].iloc[0], ok["m_star"].iloc[0]
-                ax.plot(grid[x], anchored_power_law(grid[x], x0, y0, slope), "--", color="gray",
-                        label=f"theorem slope {x}^{slope:g}")
+                grid = np.geomspace(part[x].min(), part[x].max(), 20)
+                ax.plot(grid, anchored_power_law(grid, ok[x].iloc[0], ok["m_star"].iloc[0], slope), "--",
+                        color="gray", label=f"theorem's slope {x}^{slope:g} (scale only)")
                 anchored = True
-        if not anchored:
-            ax.text(0.5, 0.5, "no uncensored threshold:\ntheorem slope not anchored", transform=ax.transAxes,
-                    ha="center", va="center", color="gray")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        label_ticks(ax, values(sel, x))
-        ax.set_xlabel(x)
-        ax.set_ylabel("m*")
-        ax.set_title(f"bias={bias}\n" + textwrap.fill("fit: " + exponent_title(fit, ["p", "q"]), 60), fontsize=7)
-    shared_legend(fig, axes[0])
-    fig.suptitle(f"{criterion}: m* against {x} at eps'={EPS_PLOT:g}, delta={DELTA_PLOT:g}, "
-                 f"target rate {1 - DELTA_FAIL:g}")
+        fit = exps[(exps["criterion"] == name) & close(exps["eps"], EPS_PLOT)]
+        row = exponent_table(fit, terms=["p", "q"]).iloc[0] if len(fit) else None
+        text = "no fit" if row is None else f"p = {row['p']}, q = {row['q']} {row['note']}"
+        log_axis(ax, "x", values(part_c, x), x)
+        log_axis(ax, "y", None, "m*")
+        ax.set_title(f"{name}\n" + textwrap.fill(text, 70), fontsize=10)
+    for ax in axes.flat[len(CRITERIA):]:
+        ax.set_axis_off()
+    shared_legend(fig, axes)
+    fig.suptitle(f"Headline m* against {x} at eps'={EPS_PLOT:g}, target rate {1 - DELTA_FAIL:g}")
     plt.show()
 
 
-for criterion in CRITERIA:
-    thresholds_against("n", "k", 6.0, criterion)
-
-# %%
-for criterion in CRITERIA:
-    thresholds_against("k", "n", 3.0, criterion)
-
-# %% [markdown]
-# ## 3. Exponents with intervals
-#
-# The fitted exponents `p` (of `n`), `q` (of `k`) and, where the sweep varies the separation, `r` (of
-# `delta`), with 95% t-intervals, for both criteria, both bias variants and every `eps'`. `theory_*` is the
-# theorem's exponent (Theorem 2's exponent of `k` is illegible in our copy; 3 is assumed). A fit needs more
-# uncensored cells than parameters; where it has exactly as many, the estimate has no interval; where it has
-# fewer, the row says "not enough uncensored cells" instead of a number.
-
-# %%
-print("Exponents of the grid threshold m*:")
-display(exponent_table(exps))
-
-# %%
-print("Exponents of the smooth (logistic) threshold m_logistic, a cross-check of the grid threshold:")
-display(exponent_table(fit_exponents(th, m_col="m_logistic")))
-
-print("Exponents of the theorem's own width m_thm over the same cells (lambda_* and gamma vary with n, k):")
-cells = th.drop_duplicates(list(THRESHOLD_KEYS))
-display(exponent_table(fit_exponents(cells, m_col="m_thm", by=["bias"])))
+for x, lines, slope in (("n", ["k", "delta"], 6.0), ("k", ["n", "delta"], 3.0)):
+    if len(th) and th.groupby(lines)[x].nunique().max() > 1:
+        thresholds_against(x, lines, slope)
+    else:
+        print(f"m* against {x}: a sweep over {x} is {NOT_HERE}")
 
 # %% [markdown]
 # ### Thresholds from an adaptive search
 #
-# `python -m pipeline search` writes one table per search to `<results>/thresholds/` (one row per cell:
-# `m_star`, `censored`, the bracket, the widths it evaluated). The same exponent fit reads it; where the
-# results directory holds a search, its exponents are shown here beside the grid's.
+# `python -m pipeline search` writes one table per search to `<results>/thresholds/`; where present, its exponents
+# are shown here.
 
 # %%
 searches = sorted((RESULTS / "thresholds").glob("*.parquet")) if (RESULTS / "thresholds").is_dir() else []
 for path in searches:
     found = pd.read_parquet(path)
-    print(f"{path.name}: {len(found)} cells, criterion {found['criterion'].iloc[0]} at eps'={found['eps'].iloc[0]:g}, "
-          f"{int(found['runs_used'].sum())} runs used")
+    print(f"{path.name}: {len(found)} cells, criterion {found['criterion'].iloc[0]} at eps'={found['eps'].iloc[0]:g}")
     display(exponent_table(fit_exponents(found, by=["bias", "criterion", "eps"])))
 if not searches:
-    print("no search thresholds in", RESULTS)
+    print("search thresholds:", NOT_HERE)
 
 # %% [markdown]
-# ## 4. The gap to the theorem's width
+# ## 3. The floor law
 #
-# `log10(m* / m_thm)`: how many orders of magnitude the measured threshold lies below (negative) the width
-# at which Theorem 1/2 guarantees convergence with probability `1 - DELTA_FAIL` (`m_thm` is the median
-# over a cell's runs; it depends on the data through `lambda_*` and `gamma`). For censored cells only a
-# bound is known: `> x` (threshold above the tested widths, so the gap is at least `x`) or `<= x`.
-# In the figure, censored cells are triangles at that bound, and the lines are shifted slightly sideways.
+# The final relative loss of every run, fitted as `log L = c + a_n log n + a_k log k + a_delta log delta + a_m log m`
+# (+ normal scatter) by censored maximum likelihood: a run that stopped at its training `eps` only says its loss
+# is at most `eps`. One law per group (bias, mode, step factor, horizon, `k = 0` against `k >= 1`), intervals from
+# a bootstrap over data instances, then seeds. The floor falls with the width where `a_m < 0`; the law then puts
+# `m*(eps') ~ n^(-a_n/a_m) k^(-a_k/a_m) delta^(-a_delta/a_m)` at every `eps'`.
 
 # %%
-gap = th.assign(gap=threshold_labels(th, "log10_gap", "log10_gap_bound", "{:+.1f}"),
-                m_star_label=threshold_labels(th))
-gap_table = gap.pivot_table(index=["bias", "n", "k", "delta"], columns=["criterion", "eps"], values="gap",
-                            aggfunc="first")
-display(gap_table)
+law = fit_floor_law(runs, n_boot=N_BOOT, seed=0)
+law = law.assign(value=interval_text(law["estimate"], law["lo"], law["hi"], 3).to_numpy())
+group_cols = [c for c in ("bias", "mode", "step_factor", "t_max", "k_group") if c in law.columns]
+print("Floor law coefficients per group, 95% intervals:")
+display(law.pivot_table(index=group_cols, columns="term", values="value", aggfunc="first")
+        .join(law.groupby(group_cols)[["n_runs", "n_instances", "n_censored", "note"]].first()))
+floor_exps = floor_exponents(law.drop(columns="value"))
+floor_exps = floor_exps.assign(
+    value=interval_text(floor_exps["estimate"], floor_exps["lo"], floor_exps["hi"]).to_numpy())
+print("Exponents of m*(eps') implied by the floor law (p = -a_n/a_m, q = -a_k/a_m, r = -a_delta/a_m):")
+display(floor_exps.pivot_table(index=group_cols, columns="term", values="value", aggfunc="first"))
 
 # %%
-fig, axes = plt.subplots(1, len(CRITERIA), figsize=(4.2 * len(CRITERIA) + 0.6, 3.6), squeeze=False,
-                         constrained_layout=True)
-for ax, criterion in zip(axes[0], CRITERIA):
-    sel = gap[(gap["criterion"] == criterion) & close(gap["eps"], EPS_PLOT) & close(gap["delta"], DELTA_PLOT)]
-    i = 0
-    for bias in BIASES:
-        for k in KS:
-            part = sel[(sel["bias"] == bias) & (sel["k"] == k)]
-            if len(part):
-                part = part.assign(n=dodge(part["n"], i, len(BIASES) * len(KS)))
-                plot_thresholds(ax, part, "n", m_col="log10_gap", bound_col="log10_gap_bound", interval=False,
-                                color=COLORS[i % len(COLORS)], label=f"bias={bias}, k={k}")
-                i += 1
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xscale("log")
-    label_ticks(ax, NS)
-    ax.set_xlabel("n")
-    ax.set_ylabel("log10(m* / m_thm)")
-    ax.set_title(f"{criterion}, eps'={EPS_PLOT:g}")
-shared_legend(fig, axes[0])
-fig.suptitle("Gap to the theorem's width in orders of magnitude (0 = the theorem's width)")
-plt.show()
-
-# %% [markdown]
-# ## 5. Thresholds as a function of the tolerance `eps'`
-#
-# Pattern flips leave a loss floor that falls with `m` (MATH.md), so a smaller tolerance needs a wider
-# network: `m*` should grow as `eps'` falls (read the figure right to left). Markers as in section 2; the
-# lines are shifted slightly sideways so that coinciding markers stay visible.
+head_runs = headline_filter(runs)
+if len(head_runs):
+    floor = loss_floor(head_runs)
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    for i, ((n, k, delta), part) in enumerate(floor.groupby(["n", "k", "delta"])):
+        plot_width_medians(ax, part, color=COLORS[i % len(COLORS)], label=f"n={n}, k={k}, delta={delta:g}")
+    ax.axhline(train_eps, color="gray", linestyle=":", label="training eps")
+    log_axis(ax, "x", values(floor, "m"), "m")
+    log_axis(ax, "y", None, "min_rel_loss (median, IQR)")
+    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Headline loss floor against width (hollow: half the runs stopped at the training eps)")
+    plt.show()
+    print("Log-log slope of the loss floor against m (per cell):")
+    display(loglog_slopes(floor).drop(columns=["expected", "expected_in_interval"]))
 
 # %%
-for criterion in CRITERIA:
-    fig, axes = plt.subplots(1, len(BIASES), figsize=(4.2 * len(BIASES) + 0.6, 3.6), squeeze=False,
-                             constrained_layout=True)
-    for ax, bias in zip(axes[0], BIASES):
-        sel = th[(th["criterion"] == criterion) & (th["bias"] == bias) & close(th["delta"], DELTA_PLOT)]
-        i = 0
-        for n in NS:
-            for k in KS:
-                part = sel[(sel["n"] == n) & (sel["k"] == k)]
-                if len(part):
-                    part = part.assign(eps=dodge(part["eps"], i, len(NS) * len(KS), 1.12))
-                    plot_thresholds(ax, part, "eps", color=COLORS[i % len(COLORS)], label=f"n={n}, k={k}")
-                    i += 1
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        label_ticks(ax, EPS)
-        ax.set_xlabel("eps'")
-        ax.set_ylabel("m*")
-        ax.set_title(f"bias={bias}")
-    shared_legend(fig, axes[0])
-    fig.suptitle(f"{criterion}: m* against eps' (delta={DELTA_PLOT:g})")
+if len(th):
+    beside = beside_thresholds(law.drop(columns="value"), th)
+    print(f"Direct m* (logistic) beside the floor law's m*(eps') at the same rate, headline cells, eps'={EPS_PLOT:g}:")
+    display(beside[close(beside["eps"], EPS_PLOT)][["n", "k", "delta", "criterion", "eps", "label", "m_lo", "m_hi",
+                                                    "m_star_floor",
+                    "m_star_floor_lo", "m_star_floor_hi", "floor_note"]].round(
+                        {"m_star_floor": 1, "m_star_floor_lo": 1, "m_star_floor_hi": 1}))
+    both = beside[(beside["censored"] == "none") & np.isfinite(beside["m_star_floor"])]
+    fig, ax = plt.subplots(figsize=(7.5, 5.5), layout="constrained")
+    for i, (name, part) in enumerate(both.groupby("criterion")):
+        ax.scatter(part["m_star"], part["m_star_floor"], color=COLORS[i % len(COLORS)], label=name)
+    if len(both):
+        lims = np.array([both[["m_star", "m_star_floor"]].min().min(), both[["m_star", "m_star_floor"]].max().max()])
+        ax.plot(lims, lims, "k--", linewidth=0.8, label="equal")
+        ax.legend(loc="best")
+    else:
+        ax.text(0.5, 0.5, "no cell with both estimates uncensored", transform=ax.transAxes, ha="center")
+    log_axis(ax, "x", None, "direct m* (logistic)")
+    log_axis(ax, "y", None, "floor-law m*(eps')")
+    ax.set_title("Two routes to the threshold (every eps', uncensored cells)")
     plt.show()
 
-print("m* per cell and eps' (> / <=: censored):")
-display(gap.pivot_table(index=["bias", "n", "k", "delta"], columns=["criterion", "eps"], values="m_star_label",
-                        aggfunc="first"))
-
 # %% [markdown]
-# ## 6. The loss floor against width
+# ## 4. Sensitivity: what holds across the reasonable analyses
 #
-# The lowest relative loss each run reached (`min_rel_loss`), median and quartiles over seeds, against `m`.
-# The jumps of the derivative residual at pattern flips have size about `1/sqrt(m)`, so the floor should
-# fall with `m`. Runs that converged stopped at their training `eps` (dotted line), so their floor is only
-# bounded above by it: widths where half or more of the runs converged are hollow and left out of the
-# log-log slope, which the table reports with its 95% interval per cell.
+# The exponents `p, q` of the ReLU runs (`k >= 1`, step factor `STEP`) under every registered criterion, every
+# `eps'` in 1e-2..1e-5, every horizon in the data, and with the smallest `n`, the largest `n` or one data instance
+# left out; threshold route (logistic thresholds, then the fit) and floor-law route. The summary gives the range
+# of each exponent over all of them: the statement the data support whichever reasonable choice is made.
 
 # %%
-floor = loss_floor(runs)
-fig, axes = plt.subplots(1, len(BIASES), figsize=(4.2 * len(BIASES) + 0.6, 3.6), squeeze=False,
-                         constrained_layout=True)
-for ax, bias in zip(axes[0], BIASES):
-    sel = floor[(floor["bias"] == bias) & close(floor["delta"], DELTA_PLOT)]
-    for i, ((n, k), part) in enumerate(sel.groupby(["n", "k"])):
-        plot_width_medians(ax, part, color=COLORS[i % len(COLORS)], label=f"n={n}, k={k}")
-    ax.axhline(train_eps, color="gray", linestyle=":", label="training eps")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("m")
-    ax.set_ylabel("min_rel_loss (median, IQR)")
-    ax.set_title(f"bias={bias}")
-shared_legend(fig, axes[0], censoring=False)
-fig.suptitle(f"Loss floor against width (delta={DELTA_PLOT:g})")
-plt.show()
+sens_runs = runs[(runs["mode"] == "relu") & (runs["step_factor"] == STEP) & (runs["k"] >= 1)]
+if sens_runs.empty:
+    sens = pd.DataFrame()
+    print("sensitivity:", NOT_HERE)
+else:
+    sens = sensitivity_table(sens_runs.drop(columns="k_group"), curves, criteria=CRITERIA, delta_fail=DELTA_FAIL,
+                             floor_n_boot=N_BOOT)
+    print(f"{len(sens)} exponent estimates; variants {values(sens, 'variant')}; horizons {values(sens, 'horizon')}")
+    summary = sensitivity_summary(sens)
+    display(summary.drop(columns=["statement"]).round(2))
+    for _, row in summary.iterrows():
+        said = row["statement"] if row["n_variants"] else f"{row['term']}: no estimate in any variant"
+        print(f"  [{row['source']}, bias={row['bias']}] {said}")
 
-print("Log-log slope of the loss floor against m (per cell):")
-display(loglog_slopes(floor).drop(columns=["expected", "expected_in_interval"]))
+# %%
+if len(sens):
+    terms = [t for t in ("p", "q") if sens.loc[sens["term"] == t, "estimate"].notna().any()]
+    fig, axes = plt.subplots(1, max(len(terms), 1), figsize=(6.5 * max(len(terms), 1), 7), squeeze=False,
+                             layout="constrained")
+    for ax, term in zip(axes[0], terms):
+        part = sens[(sens["term"] == term) & sens["estimate"].notna()].reset_index(drop=True)
+        names = values(part, "criterion")
+        for (name, bias), rows_ in part.groupby(["criterion", "bias"]):
+            color = COLORS[names.index(name) % len(COLORS)]
+            y = rows_.index.to_numpy()
+            est, lo, hi = (rows_[c].to_numpy(float) for c in ("estimate", "lo", "hi"))
+            ok = np.isfinite(lo) & np.isfinite(hi)
+            ax.errorbar(est[ok], y[ok], xerr=[est[ok] - lo[ok], hi[ok] - est[ok]], fmt="none", ecolor=color,
+                        alpha=0.6)
+            ax.plot(est, y, "s" if bias else "o", color=color, label=f"{name} ({'bias' if bias else 'no bias'})")
+        ax.axvline(6 if term == "p" else 3, color="gray", linestyle=":", label="theorem's exponent")
+        ax.set_yticks([])
+        ax.set_xlabel(f"{term} (estimate, 95% interval); theorem: {6 if term == 'p' else 3}")
+        ax.set_ylabel("variant x horizon x eps' x bias")
+        ax.set_title(f"Exponent {term} across {len(part)} analyses")
+    shared_legend(fig, axes, censoring=False)
+    plt.show()
+
+# %% [markdown]
+# ## 5. Controls
+#
+# - **ReLU against frozen patterns** (`mode = frozen`: the activation patterns of `t = 0`, the NTK-linearised
+#   flow): the ratio of the geometric-mean final loss frozen/ReLU per cell and width; well below 1 means the floor
+#   of the ReLU runs is the flip floor. The threshold ratio does the same for `m*`.
+# - **`k = 0` against `k >= 1`** at the same `n`: what Sobolev training costs in width (threshold ratio
+#   `m*(k) / m*(0)`) and in loss floor.
+# - **Step factors**: a result of the gradient flow does not move when the step shrinks.
+#
+# Intervals: bootstrap over data instances, then seeds (none with one instance).
+
+# %%
+CTRL_CELL = (*CONTROL_CELL, "mode", "t_max", "step_factor")
+ctrl_eps = EPS_PLOT if EPS_PLOT is not None else EPS[0]
+
+
+def show_control(name, floor_ratio, th_ratio):
+    print(f"{name}: loss-floor ratio per cell and width")
+    display(floor_ratio.drop(columns=["factor"]).round(3))
+    if th_ratio is not None:
+        print(f"{name}: threshold ratio at eps'={ctrl_eps:g}")
+        shown = th_ratio[close(th_ratio["eps"], ctrl_eps)]
+        display(shown.round({"m_reference": 1, "m_other": 1, "ratio": 2, "lo": 2, "hi": 2}))
+    keys = [c for c in ("n", "k", "delta", "bias", "t_max", "mode", "step_factor")
+            if c in floor_ratio.columns and floor_ratio[c].nunique() > 1]
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    groups = floor_ratio.groupby(keys) if keys else [((), floor_ratio)]
+    for i, (key, part) in enumerate(groups):
+        key = key if isinstance(key, tuple) else (key,)
+        plot_ratio(ax, part, "m", color=COLORS[i % len(COLORS)],
+                   label=", ".join(f"{c}={v}" for c, v in zip(keys, key)) or None)
+    ax.axhline(1, color="black", linewidth=0.8)
+    log_axis(ax, "x", values(floor_ratio, "m"), "m")
+    log_axis(ax, "y", None, f"final loss ratio {floor_ratio['other'].iloc[0]} / {floor_ratio['reference'].iloc[0]}")
+    if ax.get_legend_handles_labels()[1]:
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title(name)
+    plt.show()
+
+
+if {"relu", "frozen"} <= set(runs["mode"]):
+    sel = runs[runs["step_factor"] == STEP]
+    show_control("frozen / relu", control_comparison(sel, factor="mode", reference="relu", other="frozen",
+                                                      cell=CTRL_CELL, n_boot=N_BOOT),
+                 threshold_ratio(success[success["step_factor"] == STEP], runs, factor="mode", reference="relu",
+                                 other="frozen", delta_fail=DELTA_FAIL, n_boot=N_BOOT))
+else:
+    print("frozen-pattern control:", NOT_HERE)
+
+# %%
+k0 = runs[(runs["k"] == 0) & (runs["mode"] == "relu") & (runs["step_factor"] == STEP)]
+if len(k0):
+    sel = runs[(runs["mode"] == "relu") & (runs["step_factor"] == STEP) & runs["n"].isin(k0["n"].unique())]
+    for k in [k for k in values(sel, "k") if k >= 1]:
+        both = sel[sel["k"].isin([0, k])]
+        show_control(f"k={k} / k=0", control_comparison(both, factor="k", reference=0, other=k, cell=CTRL_CELL,
+                                                        n_boot=N_BOOT),
+                     threshold_ratio(success[success["run_id"].isin(both["run_id"])], runs, factor="k", reference=0,
+                                     other=k, delta_fail=DELTA_FAIL, n_boot=N_BOOT))
+else:
+    print("k = 0 control:", NOT_HERE, "(no plain L2 training runs)")
+
+# %%
+others = [s for s in values(runs, "step_factor") if s != STEP]
+for s in others:
+    show_control(f"step factor {s:g} / {STEP:g}",
+                 control_comparison(runs, factor="step_factor", reference=STEP, other=s, cell=CTRL_CELL, n_boot=N_BOOT),
+                 None)
+if not others:
+    print("step-factor control:", NOT_HERE)
+
+# %% [markdown]
+# ## 6. The theorem compared by scaling
+#
+# The theorem's width `m_thm` depends on `n, k` and on the data through `lambda_*` and `gamma`; its exponents over
+# the studied cells (`analysis.theorem_exponents`) are set beside the measured ones. The theorem's constant is
+# unknown (the pipeline takes `C = 1`), so only exponents compare; the gap `log10(m* / m_thm)` below inherits that
+# constant, and "orders of magnitude below `m_thm`" holds only with this caveat.
+
+# %%
+thm_runs = headline_filter(runs)
+if len(thm_runs):
+    thm = theorem_exponents(thm_runs.drop(columns="k_group"))
+    print("Exponents of m_thm over the headline cells:", thm["caveat"].iloc[0])
+    display(exponent_table(thm))
+if len(exps):
+    print(f"Measured exponents of m* at eps'={EPS_PLOT:g} (direct thresholds):")
+    display(exponent_table(exps[close(exps["eps"], EPS_PLOT)]))
+    print("Floor-law exponents of the headline group:")
+    display(floor_exps[(~floor_exps["bias"].astype(bool)) & (floor_exps["mode"] == "relu")
+                       & (floor_exps["t_max"] == HORIZON) & (floor_exps["step_factor"] == STEP)
+                       & (floor_exps["k_group"] == "k>=1")][["term", "value", "note"]])
+if len(th):
+    gap = theory_gap(th, thm_runs)
+    gap = gap.assign(gap=threshold_labels(gap, "log10_gap", "log10_gap_bound", "{:+.1f}").to_numpy())
+    print(f"log10(m* / m_thm) per cell ({THEOREM_CAVEAT}):")
+    display(gap.pivot_table(index=["n", "k", "delta"], columns=["criterion", "eps"], values="gap", aggfunc="first"))
+    sel = gap[close(gap["eps"], EPS_PLOT)]
+    fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
+    for i, ((name, k, delta), part) in enumerate(sel.groupby(["criterion", "k", "delta"])):
+        plot_thresholds(ax, part, "n", m_col="log10_gap", bound_col="log10_gap_bound", interval=False,
+                        color=COLORS[i % len(COLORS)], label=f"{name}, k={k}, delta={delta:g}")
+    log_axis(ax, "x", values(sel, "n"), "n")
+    ax.set_ylabel("log10(m* / m_thm)")
+    ax.legend(handles=ax.get_legend_handles_labels()[0] + censor_legend_handles(), loc="center left",
+              bbox_to_anchor=(1.01, 0.5), fontsize=10)
+    ax.set_title(textwrap.fill(f"Gap to the theorem's width at eps'={EPS_PLOT:g} ({THEOREM_CAVEAT})", 70))
+    plt.show()

@@ -87,12 +87,12 @@ class Guard:
     def claim(self) -> None:
         """The driver's liveness record, on the parent run when it is made (only an invocation that
         logs something makes one)."""
-        self.t.parent_tags.update({"driver.host": self.host, "driver.pid": self.pid, "driver.out": self.out,
-                                   "driver.heartbeat": int(time.time())})
+        self.t.parent_tags.update({"driver.host": self.host, "driver.pid": str(self.pid), "driver.out": self.out,
+                                   "driver.heartbeat": str(int(time.time()))})  # tag values are strings
 
     def heartbeat(self) -> None:
         if self.t.parent_id is not None:
-            self.t.client.set_tag(self.t.parent_id, "driver.heartbeat", int(time.time()))
+            self.t.client.set_tag(self.t.parent_id, "driver.heartbeat", str(int(time.time())))
 
     def _dead(self, tags: dict) -> str | None:
         """Why a RUNNING parent's driver is gone, or None when it may be alive."""

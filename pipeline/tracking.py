@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime
 import math
 import os
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -183,12 +184,17 @@ class Tracker:
         self.params = params
         self.parent_id: str | None = None  # made by parent() when the first child is logged
         self.parent_tags: dict = {}  # more tags for the parent (the driver's liveness record, logqueue.Guard)
+        self._parent_lock = threading.Lock()  # log() may run in several threads (logqueue.LoggingThread)
         self.logged: set[str] = set()  # run_ids with a whole child run (see logged_run_ids)
         self.already_logged = 0  # runs handed to log() that an earlier invocation had logged already
 
     def parent(self) -> str:
         """The parent run of this invocation (made on first use): short params, and every
         longer one (the configuration) whole as a JSON artifact."""
+        with self._parent_lock:
+            return self._parent()
+
+    def _parent(self) -> str:
         if self.parent_id is None:
             number = 1 + len(self.client.search_runs([self.experiment_id], "tags.kind = 'sweep'", max_results=5000))
             run = self.client.create_run(self.experiment_id, run_name=parent_run_name(self.sweep, self.kind, number),
@@ -257,13 +263,13 @@ class Tracker:
             child = self.client.create_run(self.experiment_id, start_time=start, run_name=child_run_name(rec),
                                            tags=tags)
             metrics = child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end)
-            # when the child was logged (its start and end are the training's): de-duplication between
-            # drivers (logqueue.Guard) compares these
-            now_ms = int(time.time() * 1000)
-            metrics.append(("logged_at", float(now_ms), now_ms, 0))
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
                                        end_time=end)
+            # when the child was logged whole (its start and end are the training's), written last:
+            # de-duplication between drivers (logqueue.Guard) orders children by it
+            now_ms = int(time.time() * 1000)
+            self._batch(child.info.run_id, metrics=[("logged_at", float(now_ms), now_ms, 0)])
             self.logged.add(rec["run_id"])
 
     def delete_children(self) -> None:

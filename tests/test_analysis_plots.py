@@ -9,7 +9,8 @@ import pytest  # noqa: E402
 
 from analysis.fits import fit_exponents  # noqa: E402
 from analysis.plots import (anchored_power_law, censor_legend_handles, exponent_table, fitted_power_law,  # noqa: E402
-                            plot_success_heatmap, plot_thresholds, plot_width_medians, threshold_labels)
+                            interval_text, logistic_plot_table, plot_ratio, plot_success_heatmap, plot_thresholds,
+                            plot_width_medians, threshold_labels)
 from analysis.thresholds import ABOVE, BELOW, NOT_CENSORED  # noqa: E402
 from tests.analysis_synth import TOL  # noqa: E402
 
@@ -138,3 +139,46 @@ def test_plot_thresholds_accepts_other_columns_for_the_gap():
     assert plot_thresholds(ax, th, "n", m_col="log10_gap", bound_col="log10_gap_bound", interval=False) == {
         NOT_CENSORED: 1, ABOVE: 1, BELOW: 0}
     assert {ln.get_marker(): ln.get_ydata().tolist() for ln in ax.get_lines()}["^"] == [-8.0]
+
+
+def test_interval_text():
+    text = interval_text([1.234, 2.0, np.nan], [1.0, np.nan, 0.0], [1.5, 3.0, 1.0], digits=2)
+    assert text.tolist() == ["1.23 [1.00, 1.50]", "2.00", "-"]
+
+
+def test_logistic_plot_table_bounds_censored_cells_at_the_tested_widths():
+    th = pd.DataFrame({"n": [4, 8, 16], "k": 1, "delta": 0.5, "bias": False, "mode": "relu", "eps": 1e-3,
+                       "m_logistic": [300.0, np.nan, np.nan], "logistic_censored": [NOT_CENSORED, ABOVE, BELOW],
+                       "m_lo": [200.0, np.nan, np.nan], "m_hi": [450.0, np.nan, np.nan]})
+    # per cell its own widths; "eps" of the runs is the training eps and must not be matched
+    runs = pd.DataFrame({"n": [4, 4, 8, 8, 8, 16, 16], "k": 1, "delta": 0.5, "bias": False, "mode": "relu",
+                         "eps": 1e-9, "m": [128, 1024, 64, 256, 2048, 32, 512]})
+    out = logistic_plot_table(th, runs)
+    assert out["m_star"].iloc[0] == 300.0 and np.isnan(out["m_bound"].iloc[0])
+    assert out["m_bound"].iloc[1:].tolist() == [2048.0, 32.0]
+    assert out["censored"].tolist() == [NOT_CENSORED, ABOVE, BELOW]
+    assert (out["m_star_lo"].iloc[0], out["m_star_hi"].iloc[0]) == (200.0, 450.0)
+    assert threshold_labels(out).tolist() == ["300", "> 2048", "<= 32"]
+    assert len(out) == len(th) and (out["eps"] == 1e-3).all()
+
+
+def test_plot_thresholds_draws_no_bar_without_an_interval():
+    th = pd.DataFrame({"n": [2, 4], "m_star": [16.0, 64.0], "m_star_lo": [np.nan, 32.0],
+                       "m_star_hi": [np.nan, 128.0], "m_bound": np.nan, "censored": NOT_CENSORED})
+    fig, ax = plt.subplots()
+    plot_thresholds(ax, th, "n")
+    bars = [c for c in ax.containers if c.has_yerr]
+    assert len(bars) == 1  # only the closed interval of n = 4 (no open arrow for the NaN one)
+    segments = bars[0].lines[2][0].get_segments()
+    assert len(segments) == 1 and np.allclose(segments[0][:, 1], [32.0, 128.0])
+
+
+def test_plot_ratio_skips_missing_ratios_and_draws_intervals():
+    table = pd.DataFrame({"m": [1024, 256, 512], "ratio": [0.5, 2.0, np.nan], "lo": [0.25, np.nan, np.nan],
+                          "hi": [1.0, np.nan, np.nan]})
+    fig, ax = plt.subplots()
+    line = plot_ratio(ax, table, "m", label="frozen / relu")
+    assert line.get_xdata().tolist() == [256.0, 1024.0] and line.get_ydata().tolist() == [2.0, 0.5]
+    bars = [c for c in ax.containers if c.has_yerr]
+    assert len(bars) == 1 and np.allclose(bars[0].lines[2][0].get_segments()[0][:, 1], [0.25, 1.0])
+    assert plot_ratio(ax, table.assign(ratio=np.nan), "m") is None

@@ -280,7 +280,9 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
                                 timeout=DEADLINE, cwd=tmp_path)
         assert synced.returncode == 0, synced.stderr[-3000:]
         check_once(cfg, ids, out, uri)
-        assert all(p.info.status != "RUNNING" for p in _parents(uri, cfg.experiment_name()))
+        parents = _parents(uri, cfg.experiment_name())
+        assert all(p.info.status != "RUNNING" for p in parents), [(p.info.run_name, p.info.status, p.data.tags)
+                                                                   for p in parents]
     finally:
         try:
             os.killpg(server.pid, signal.SIGCONT)
@@ -336,6 +338,7 @@ from pipeline.logqueue import open_tracker
 go = float(sys.argv[2])
 time.sleep(max(0.0, go - time.time()))  # both processes open the new store at the same instant
 t = open_tracker(sys.argv[1], "race", "race", "c", params={}, out=None)
+t.tracker.parent()  # made, as by the first child logged
 t.close()
 print("opened", t.error)
 """
