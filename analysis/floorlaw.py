@@ -125,7 +125,7 @@ def tobit_batch(X: np.ndarray, t: np.ndarray, censored: np.ndarray, W: np.ndarra
         grad = (W * score) @ G + np.outer(n_obs / h, e_h)
         info = ((W * curvature) @ GG).reshape(B, P + 1, P + 1) + (n_obs / h**2)[:, None, None] * np.outer(e_h, e_h)
         info[~ok] = np.eye(P + 1)
-        step = np.linalg.solve(info, grad[..., None])[..., 0]
+        step = _solve_each(info, grad, ok)
         alpha = np.ones(B)
         for _ in range(30):  # halve the step where it does not increase the likelihood
             trial_value = objective(phi + alpha[:, None] * step)[0]
@@ -141,6 +141,21 @@ def tobit_batch(X: np.ndarray, t: np.ndarray, censored: np.ndarray, W: np.ndarra
             break
     ok &= converged & (phi[:, -1] > 0) & np.isfinite(phi).all(axis=1)
     return phi[:, :-1] / phi[:, -1:], 1 / phi[:, -1], ok
+
+
+def _solve_each(M: np.ndarray, b: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """``M[i]^-1 b[i]`` for every replicate; a replicate whose matrix is singular gets a zero step
+    and is marked not ``ok`` (a failed replicate, counted as such), instead of failing them all."""
+    try:
+        return np.linalg.solve(M, b[..., None])[..., 0]
+    except np.linalg.LinAlgError:
+        out = np.zeros_like(b)
+        for i in range(len(M)):
+            try:
+                out[i] = np.linalg.solve(M[i], b[i])
+            except np.linalg.LinAlgError:
+                ok[i] = False
+        return out
 
 
 def _prepare(runs: pd.DataFrame, loss_col: str, censor_col: str | None) -> pd.DataFrame:

@@ -165,3 +165,16 @@ def test_bad_input_named_before_any_work():
         fit_floor_law(runs.assign(delta=np.where(runs["n"] == 4, 0.0, 0.5)), n_boot=5)
     with pytest.raises(Exception, match="final_rel_loss"):
         fit_floor_law(runs.drop(columns="final_rel_loss"))
+
+
+def test_a_singular_replicate_fails_alone():
+    """A replicate whose Newton matrix is singular is marked failed; the others are solved."""
+    from analysis.floorlaw import _solve_each
+
+    M = np.stack([np.eye(2) * 2.0, np.zeros((2, 2)), np.array([[1.0, 1.0], [0.0, 1.0]])])
+    b = np.array([[2.0, 4.0], [1.0, 1.0], [3.0, 1.0]])
+    ok = np.ones(3, dtype=bool)
+    x = _solve_each(M, b, ok)
+    assert list(ok) == [True, False, True]
+    np.testing.assert_allclose(x[[0, 2]], [[1.0, 2.0], [2.0, 1.0]])
+    np.testing.assert_array_equal(x[1], [0.0, 0.0])
