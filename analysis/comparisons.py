@@ -101,7 +101,7 @@ def threshold_ratio(success: pd.DataFrame, runs: pd.DataFrame | None = None, *, 
     ``k``, or a stratum: ``run_success(..., strata=("mode",))``).  E.g. ``factor="k", reference=0,
     other=2``: the width Sobolev training costs at the same ``n``.  A replicate whose threshold is
     censored above counts as infinite; a ratio is NaN where an arm's own estimate is censored (said in
-    ``note``).  Returns the cell columns, ``factor, reference, other, m_reference, m_other, ratio, lo,
+    ``note``); cells where one arm has no runs are left out.  Returns the cell columns, ``factor, reference, other, m_reference, m_other, ratio, lo,
     hi, n_instances_reference, n_instances_other, note``.
     """
     success = with_instances(success, runs, instance_col)
@@ -111,6 +111,8 @@ def threshold_ratio(success: pd.DataFrame, runs: pd.DataFrame | None = None, *, 
     rng = np.random.default_rng(seed)
     rows = []
     for key, cell in success[success[factor].isin([reference, other])].groupby(keys, sort=True, dropna=False):
+        if not ((cell[factor] == reference).any() and (cell[factor] == other).any()):
+            continue  # a cell where only one arm was trained (e.g. the control ran on a subset): nothing to compare
         row = {**dict(zip(keys, key)), "factor": factor, "reference": reference, "other": other}
         point, draws, n_inst = {}, {}, {}
         for name, level in (("reference", reference), ("other", other)):

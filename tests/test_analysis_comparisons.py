@@ -84,3 +84,7 @@ def test_threshold_ratio_of_k_zero_and_k_two_recovered():
     assert ((out["lo"] <= 4) & (4 <= out["hi"])).mean() >= 5 / 6
     assert not ((out["lo"] <= 1) & (1 <= out["hi"])).any()  # "no cost" is excluded
     assert np.median(np.log(out["ratio"] / 4)) == pytest.approx(0, abs=0.25)
+    # a cell where only one arm was trained is left out, not an error
+    one_arm = success[~((success["n"] == 4) & (success["k"] == 2))]
+    assert set(threshold_ratio(one_arm, runs, factor="k", reference=0, other=2, delta_fail=0.1, n_boot=10)["n"]) == \
+        {5, 6, 7, 8, 9}
