@@ -93,3 +93,26 @@ def test_child_times_from_parquet_record_and_names():
     assert child_run_name(dict(rec, bias=False, data_seed=2)) == "n8-k2-m4096-d0.5-nobias-s3-data2"
     assert runs_link("http://h:5000/", "7") == "http://h:5000/#/experiments/7/runs"
     assert math.isfinite(start)
+
+
+def test_the_main_job_on_the_users_defaults(tmp_path):
+    """`python -m pipeline run CONFIG` as the README's main job runs it: no --tracking-uri, no
+    MLFLOW_TRACKING_URI (the default store, sqlite:///mlflow.db in the working directory) and Ray's own
+    authentication default (not the test session's RAY_AUTH_MODE=disabled)."""
+    import os
+    import subprocess
+    import sys
+
+    from pipeline_helpers import mlflow_children, tiny_dict, write_yaml
+
+    cfg_path = write_yaml(tmp_path / "tiny.yaml", tiny_dict(name="defaults", grid=dict(n=[4], m=[16], bias=[False])))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_AUTH_MODE", "MLFLOW_TRACKING_URI", "RAY_ADDRESS", "SOBOLEV_WORK_LOG")}
+    env["PYTHONPATH"] = os.pathsep.join(sys.path)
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", cfg_path, "--out", "out", "--num-cpus", "1",
+                           "--no-progress"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (tmp_path / "mlflow.db").is_file()
+    children = mlflow_children(f"sqlite:///{tmp_path / 'mlflow.db'}", "defaults")
+    assert len(children) == 3  # 1 cell x 3 seeds, each logged once
+    assert "mlflow ui --backend-store-uri" in proc.stdout or "MLflow runs:" in proc.stdout
