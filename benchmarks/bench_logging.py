@@ -13,6 +13,10 @@ summary metrics and its checkpoint curves, as a sweep logs them), then logs ``--
   drained, with its de-duplication searches and parent heartbeat.
 
 Prints runs/s for both, and the time the caller spent in ``log`` (the driver's critical path).
+And the server's own ceiling, measured beside them: the requests per second it answers on
+``GET /health`` (no store access) over the same number of connections. A child is three
+requests (``create_run``, ``log_batch``, ``update_run``: the REST API has nothing smaller), so
+no client logs more than a third of that many children a second to this server.
 """
 
 from __future__ import annotations
@@ -51,6 +55,29 @@ def tasks_of(n_runs: int, per_task: int = 16) -> list[tuple[list[dict], dict]]:
     return out
 
 
+def server_ceiling(uri: str, connections: int, seconds: float = 5.0) -> float:
+    """Requests per second the server answers on ``/health`` over ``connections`` connections."""
+    import threading
+
+    import requests
+
+    done, stop = [0] * connections, time.perf_counter() + seconds
+
+    def worker(i):
+        with requests.Session() as s:
+            while time.perf_counter() < stop:
+                s.get(f"{uri}/health", timeout=30).raise_for_status()
+                done[i] += 1
+
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sum(done) / (time.perf_counter() - t0)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
@@ -74,6 +101,7 @@ def main() -> None:
         try:
             uri = f"http://127.0.0.1:{port}"
             wait_http(f"{uri}/health", timeout=120)
+            ceiling = server_ceiling(uri, args.workers)
             rows = []
             # before: serial, in the caller
             t = Tracker(uri, "bench-before", "bench", "bench", params={})
@@ -106,6 +134,9 @@ def main() -> None:
     for name, wall, blocked in rows:
         print(f"| {name:44} | {args.runs / wall:6.0f} | {wall:6.1f} | {blocked:26.3f} |")
     print(f"speed-up {rows[0][1] / rows[1][1]:.1f}x (target: >= 100 runs/s after)")
+    print(f"the server's ceiling: {ceiling:.0f} requests/s on GET /health over {args.workers} connections, so at "
+          f"most {ceiling / 3:.0f} children/s at 3 requests a child; the logging thread reached "
+          f"{args.runs / rows[1][1] / (ceiling / 3):.0%} of it")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ import time
 import torch
 from torch.func import grad_and_value, jacrev, vmap
 
-from sobolev import Params, TrainConfig, gram, init_params, loss_and_grad, make_problem
+from sobolev import Params, TrainConfig, gram, init_params, kernels, loss_and_grad, make_problem
 from sobolev.problem import effective_data
 from sobolev.train import Data, LoopState, ReluPatterns, Workspace, signed_pattern
 
@@ -91,12 +91,16 @@ class Project(Impl):
 
 class UncountedPatterns(ReluPatterns):
     """The relu pattern update without the per-step flip count: the bare step of
-    ``bench_loop.py``, against which the loop's per-step diagnostics are timed."""
+    ``bench_loop.py``, against which the loop's per-step diagnostics are timed. It takes the
+    same route as ``train`` (fused on the CPU, eager ops elsewhere), less the count."""
 
     def advance(self, keep: bool = False) -> None:
         new = self.spare
         torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
-        new.gt_(0).mul_(self.a3)
+        if self.fused:
+            kernels.relu_pattern_(new, self.a)
+        else:
+            new.gt_(0).mul_(self.a3)
         self.current, self.spare = new, self.current
         self.current_T = new.transpose(1, 2)
 

@@ -127,11 +127,12 @@ class Guard:
     def refresh(self) -> None:
         """Children of other parents logged whole since the last refresh. A child's start and end
         are its training's (tracking.child_times), so the time it was logged is its metric
-        ``logged_at`` (epoch ms, set when it is terminated)."""
+        ``logged_at`` (epoch ms, in the batch of its metrics); it is whole once terminated, the
+        call after that batch, so a child seen still RUNNING holds the next refresh back to it."""
         now = int(time.time() * 1000)
         flt = (f"tags.kind = 'run' AND metrics.logged_at >= {self.since} AND "
                f"tags.`mlflow.parentRunId` != '{self.t.parent_id}'")
-        token = None
+        token, since = None, now - CLOCK_SKEW_MS
         while True:
             page = self.t.client.search_runs([self.t.experiment_id], flt, max_results=5000, page_token=token)
             for r in page:
@@ -139,10 +140,14 @@ class Guard:
                     key = (r.data.metrics["logged_at"], r.info.run_id)
                     rid = r.data.tags.get("run_id")
                     self.others[rid] = min(self.others.get(rid, key), key)
+                elif r.data.metrics["logged_at"] >= now - 1000 * degrade_after_s() - CLOCK_SKEW_MS:
+                    # logged, not yet terminated: the next refresh must see it again (unless its
+                    # driver had longer than any call takes: then it is cut off, never whole)
+                    since = min(since, int(r.data.metrics["logged_at"]))
             token = page.token
             if not token:
                 break
-        self.since = now - CLOCK_SKEW_MS
+        self.since = since
 
     def resolve(self, run_ids: list[str]) -> int:
         """After logging ``run_ids`` whole: delete our child of each run another driver also logged

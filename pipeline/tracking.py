@@ -262,14 +262,14 @@ class Tracker:
             start, end = child_times(rec, span)
             child = self.client.create_run(self.experiment_id, start_time=start, run_name=child_run_name(rec),
                                            tags=tags)
-            metrics = child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end)
+            # when the child was logged (its start and end are the training's): de-duplication
+            # between drivers (logqueue.Guard) orders children by it; a child counts once terminated
+            now_ms = int(time.time() * 1000)
+            metrics = [*child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end),
+                       ("logged_at", float(now_ms), now_ms, 0)]
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
                                        end_time=end)
-            # when the child was logged whole (its start and end are the training's), written last:
-            # de-duplication between drivers (logqueue.Guard) orders children by it
-            now_ms = int(time.time() * 1000)
-            self._batch(child.info.run_id, metrics=[("logged_at", float(now_ms), now_ms, 0)])
             self.logged.add(rec["run_id"])
 
     def delete_children(self) -> None:

@@ -8,8 +8,9 @@ The model counts what ``sobolev.train`` allocates (``D = d + 1`` with bias, ``N 
 - held for the whole run: the trained ``W``, its start ``W0`` and the result ``out_W``
   (``3 s m D``), ``a``, and the signed patterns ``a_r 1{w_r^T x_i > 0}`` of the current
   step, of the previous step and of the last check, with the bool indicator of the bits
-  that changed (``3 s m n + m n``; in frozen mode only the pattern of t = 0, which it steps
-  with), plus ``H(0)``'s eigenvectors (``s N^2``) and O(n k d) buffers;
+  that changed (``3 s m n + m n``; the indicator only off the CPU: there the count is fused,
+  ``sobolev.kernels``, and the model is ``m n`` bytes high; in frozen mode only the pattern
+  of t = 0, which it steps with), plus ``H(0)``'s eigenvectors (``s N^2``) and O(n k d) buffers;
 - on top of that, the largest temporary: at a checkpoint the float64 ``H`` and the copy
   LAPACK works on (``16 N^2``), or ``W - W0`` and its row norms (``s m (D + 1)``; the bias
   network's result split back into ``W, b`` is as large).

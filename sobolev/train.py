@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from . import kernels
 from .network import Params, _check
 from .ntk import expand_kernel
 from .ntk import lambda_star as _lambda_star
@@ -377,38 +378,48 @@ class ReluPatterns(PatternRule):
     """The pattern of the current weights, recomputed after every step (the true dynamics).
 
     Two pattern buffers trade places every step: the new pattern is computed next to the
-    previous one, which is then overwritten in place by the indicator of the bits that
-    changed (summed per replica: an exact count, < 2^24 in float32). On the last step before
-    a check the previous pattern is kept (the net count reads it) and the indicator goes to
-    a bool buffer instead. A third pattern is the snapshot of the last check (net flips)."""
+    previous one and the bits that changed are counted per replica (exact integers). On the
+    CPU that is one fused pass (``sobolev.kernels``, which adds to the counter itself);
+    elsewhere the eager ops, where the previous pattern is overwritten in place by the
+    indicator of the changed bits (a float sum of 0/1 is exact below 2^24), except on the last
+    step before a check, when the net count still reads it and the indicator goes to a bool
+    buffer. A third pattern is the snapshot of the last check (net flips)."""
 
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.XT, self.V_rows = data.XT, data.XVT[:, 1:]
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
         self.snapshot = Aa0.clone()
-        self.changed = torch.empty(Aa0.shape, dtype=torch.bool, device=Aa0.device)
-        # a float sum of 0/1 counts exactly while the count fits the mantissa
-        self.in_place = Aa0.dtype == torch.float64 or Aa0.shape[1] * Aa0.shape[2] <= 2**24
-        self.step_flips = torch.zeros(len(Aa0), dtype=Aa0.dtype, device=Aa0.device)
-        self.step_flips_kept = torch.zeros(len(Aa0), dtype=torch.int64, device=Aa0.device)
-        self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
+        self.fused = kernels.fused_available(Aa0.device)
+        R, m, n = Aa0.shape
+        if not self.fused:
+            self.changed = torch.empty(Aa0.shape, dtype=torch.bool, device=Aa0.device)
+            # a float sum of 0/1 counts exactly while the count fits the mantissa
+            self.in_place = Aa0.dtype == torch.float64 or m * n <= 2**24
+            self.step_flips = torch.zeros(R, dtype=Aa0.dtype, device=Aa0.device)
+            self.step_flips_kept = torch.zeros(R, dtype=torch.int64, device=Aa0.device)
+        self.flips_gross = torch.zeros(R, dtype=torch.float64, device=Aa0.device)
         self.bind(W, a)
 
     def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
         # views made once, not per step: the pattern GEMM over all replicas' rows
-        self.W2, self.a3 = W.view(-1, W.shape[2]), a[..., None]
+        self.W2, self.a, self.a3 = W.view(-1, W.shape[2]), a, a[..., None]
         self.current_T = self.current.transpose(1, 2)
+        if self.fused:
+            self.kernel = kernels.FusedPattern((self.current, self.spare, self.snapshot), a, self.flips_gross)
 
     def advance(self, keep: bool = False) -> None:
         previous, new = self.current, self.spare
         torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
-        new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
-        if keep or not self.in_place:
-            torch.sum(torch.ne(previous, new, out=self.changed), (1, 2), out=self.step_flips_kept)
-            self.flips_gross.add_(self.step_flips_kept)
+        if self.fused:
+            self.kernel(new, previous)
         else:
-            torch.sum(previous.ne_(new), (1, 2), out=self.step_flips)
-            self.flips_gross.add_(self.step_flips)
+            new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
+            if keep or not self.in_place:
+                torch.sum(torch.ne(previous, new, out=self.changed), (1, 2), out=self.step_flips_kept)
+                self.flips_gross.add_(self.step_flips_kept)
+            else:
+                torch.sum(previous.ne_(new), (1, 2), out=self.step_flips)
+                self.flips_gross.add_(self.step_flips)
         self.current, self.spare = new, previous
         self.current_T = new.transpose(1, 2)
 
@@ -429,8 +440,10 @@ class ReluPatterns(PatternRule):
 
     def drop(self, holes, movers, n_keep) -> None:
         _move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
-        self.spare, self.changed = self.spare[:n_keep], self.changed[:n_keep]
-        self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
+        self.spare = self.spare[:n_keep]
+        if not self.fused:
+            self.changed = self.changed[:n_keep]
+            self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
 
 
 PATTERN_RULES: dict[str, type[PatternRule]] = {"relu": ReluPatterns, "frozen": FrozenPatterns}  # keys: Mode
