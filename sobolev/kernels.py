@@ -72,9 +72,9 @@ def _threads() -> int:
 
 
 class FusedPattern:
-    """``relu_pattern_`` bound to fixed buffers: the numpy views and the thread count set once, in
-    the thread that trains (a step's Python overhead is a few microseconds), for the pattern buffers that trade
-    places, ``a`` (R, m) and the per-replica float64 counter it adds to."""
+    """``relu_pattern_`` bound to fixed buffers (the pattern buffers that trade places, ``a``
+    (R, m) and the per-replica float64 counter it adds to): the numpy views and the thread count
+    are set once, in the thread that trains, so a step's Python overhead is a few microseconds."""
 
     def __init__(self, buffers: tuple[torch.Tensor, ...], a_Rm: torch.Tensor, counts_R: torch.Tensor):
         self.views = {id(b): _as_rows(b, "a pattern buffer") for b in buffers}

@@ -42,7 +42,8 @@ def test_the_shipped_study_is_reproduced_bit_for_bit(study):
     for task_id in tasks:
         stored = runs[runs.task_id == task_id].sort_values("run_id").reset_index(drop=True)
         result = execute(task_of_record(stored.iloc[0].to_dict()))
-        again = conform(pa.Table.from_pylist(result["runs"]), RUNS_SCHEMA).to_pandas().sort_values("run_id").reset_index(drop=True)
+        again = conform(pa.Table.from_pylist(result["runs"]), RUNS_SCHEMA).to_pandas()
+        again = again.sort_values("run_id").reset_index(drop=True)
         keep = [c for c in stored.columns if c not in VOLATILE]
         assert list(again.run_id) == list(stored.run_id), task_id
         pd.testing.assert_frame_equal(again[keep], stored[keep], check_exact=True, obj=task_id)
