@@ -113,6 +113,11 @@ class Problem:
         return torch.einsum("nd,ndk->nk", self.x.double(), self.V.double()).abs().max().item()
 
     def to(self, dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> "Problem":
+        """The same problem in ``dtype`` on ``device``. A problem made in a lower precision than
+        ``dtype`` is refused: its unit norms hold only to that precision."""
+        if dtype is not None and torch.finfo(dtype).eps < torch.finfo(self.dtype).eps:
+            raise ValueError(f"Problem.to: the problem is {self.dtype} and {dtype} is asked for: its unit norms and "
+                             f"frames hold only to {self.dtype}; make it in {dtype} (make_problem(..., dtype={dtype}))")
         conv = lambda t: t.to(dtype=dtype or t.dtype, device=device or t.device)  # noqa: E731
         return Problem(x=conv(self.x), V=conv(self.V), y=conv(self.y), h=conv(self.h), bias=self.bias)
 

@@ -517,7 +517,8 @@ def train(params: Params, problem: Problem, config: TrainConfig = TrainConfig(),
     (relative loss <= eps), exhausts its budget (flow time or steps) or diverges.
 
     Runs in ``config.dtype``: the problem and the weights are cast to it (``.to``) when they
-    differ, and the result's weights are in it. ``lambda_star`` (default: computed from the
+    differ (a problem only down: ``Problem.to`` refuses to raise its precision), and the
+    result's weights are in it. ``lambda_star`` (default: computed from the
     cast problem) sets the time unit and the bound."""
     dtype = config.torch_dtype
     if problem.dtype != dtype:

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sobolev import Problem, make_problem, max_separation
+from sobolev import Problem, TrainConfig, init_params, make_problem, max_separation, train
 from sobolev.problem import effective_data, separation
 
 
@@ -131,3 +131,13 @@ def test_k_zero_is_values_only(bias):
     assert torch.allclose(X.norm(dim=1), torch.ones(6, dtype=torch.float64))
     Problem(x=p.x, V=p.V, y=p.y, h=p.h)  # user tensors with k = 0 validate
     assert make_problem(6, 4, 0, 0.5, target="teacher", seed=1).h.shape == (6, 0)
+
+
+def test_to_a_higher_precision_is_refused_with_the_fix():
+    p32 = make_problem(6, 5, 2, 0.5, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"make_problem\(\.\.\., dtype=torch.float64\)"):
+        p32.to(dtype=torch.float64)
+    with pytest.raises(ValueError, match="Problem.to"):  # train casts with Problem.to: the same line
+        train(init_params(1, 8, 5, seeds=0), p32, TrainConfig(dtype="float64", max_steps=2))
+    p64 = make_problem(6, 5, 2, 0.5, seed=0, dtype=torch.float64)
+    assert torch.equal(p64.to(dtype=torch.float32).x, p32.x)  # down is a plain cast
