@@ -133,6 +133,8 @@ class Guard:
         flt = (f"tags.kind = 'run' AND metrics.logged_at >= {self.since} AND "
                f"tags.`mlflow.parentRunId` != '{self.t.parent_id}'")
         token, since = None, now - CLOCK_SKEW_MS
+        # a child logged before this and still RUNNING is cut off: its driver had longer than any call takes
+        cut_off = now - 1000 * degrade_after_s() - CLOCK_SKEW_MS
         while True:
             page = self.t.client.search_runs([self.t.experiment_id], flt, max_results=5000, page_token=token)
             for r in page:
@@ -140,9 +142,8 @@ class Guard:
                     key = (r.data.metrics["logged_at"], r.info.run_id)
                     rid = r.data.tags.get("run_id")
                     self.others[rid] = min(self.others.get(rid, key), key)
-                elif r.data.metrics["logged_at"] >= now - 1000 * degrade_after_s() - CLOCK_SKEW_MS:
-                    # logged, not yet terminated: the next refresh must see it again (unless its
-                    # driver had longer than any call takes: then it is cut off, never whole)
+                elif r.data.metrics["logged_at"] >= cut_off:
+                    # logged, not yet terminated: the next refresh must see it again
                     since = min(since, int(r.data.metrics["logged_at"]))
             token = page.token
             if not token:
