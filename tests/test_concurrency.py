@@ -21,7 +21,7 @@ from test_reliability import (DEADLINE, check_once, cli_env, kill_group, run_arg
                               trained)
 
 from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
-from pipeline.logqueue import degrade_after_s, open_tracker
+from pipeline.logqueue import CLOCK_SKEW_MS, Guard, degrade_after_s, open_tracker
 from pipeline.task import execute
 from pipeline.tracking import Tracker
 from pipeline_helpers import free_port, mlflow_children
@@ -143,6 +143,35 @@ def test_two_trackers_same_experiment_each_run_once_and_stale_parents_marked_kil
     children = {k: v for k, v in mlflow_children(uri, exp).items() if k != "busy"}  # asserts each run_id once
     assert set(children) == {r["run_id"] for res in results for r in res["runs"]}
     assert all(c.info.status == "FINISHED" for c in children.values())
+
+
+def test_refresh_sees_again_a_child_it_saw_logged_but_not_yet_terminated(tmp_path):
+    """A child's ``logged_at`` is in its metrics batch and it is whole only once terminated (the next
+    call): a refresh that sees it still RUNNING must find it again after the termination, even when it
+    was logged longer ago than the clock-skew margin; one older than any call can take (its driver
+    is gone) does not hold refreshes back."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other = Tracker(uri, "refresh", "s", "other", params={})
+    other.parent()
+    now = int(time.time() * 1000)
+
+    def child(run_id, logged_at):
+        c = other.client.create_run(other.experiment_id, tags={"kind": "run", "run_id": run_id,
+                                                               "mlflow.parentRunId": other.parent_id})
+        other.client.log_metric(c.info.run_id, "logged_at", float(logged_at), timestamp=logged_at)
+        return c.info.run_id
+
+    late = child("late", now - 2 * CLOCK_SKEW_MS)  # between the batch and its termination
+    child("cut", now - 1000 * degrade_after_s() - 2 * CLOCK_SKEW_MS)  # never terminated: cut off
+    guard = Guard(Tracker(uri, "refresh", "s", "mine", params={}), None)
+    guard.since = 0
+    guard.refresh()
+    assert "late" not in guard.others and "cut" not in guard.others
+    assert guard.since == now - 2 * CLOCK_SKEW_MS  # held back to the late child, not to the cut one
+    other.client.set_terminated(late, "FINISHED")
+    guard.refresh()
+    assert set(guard.others) == {"late"}
+    assert guard.since > now - CLOCK_SKEW_MS  # nothing holds it back any more
 
 
 def _tags(d):
