@@ -92,13 +92,14 @@ class Project(Impl):
 class UncountedPatterns(ReluPatterns):
     """The relu pattern update without the per-step flip count: the bare step of
     ``bench_loop.py``, against which the loop's per-step diagnostics are timed. It takes the
-    same route as ``train`` (fused on the CPU, eager ops elsewhere), less the count."""
+    same route as ``train`` (fused on the CPU, through the views ``train``'s kernel binds once,
+    eager ops elsewhere), less the count."""
 
     def advance(self, keep: bool = False) -> None:
         new = self.spare
         torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
         if self.fused:
-            kernels.relu_pattern_(new, self.a)
+            kernels._pattern(self.kernel.views[id(new)], self.kernel.a)
         else:
             new.gt_(0).mul_(self.a3)
         self.current, self.spare = new, self.current

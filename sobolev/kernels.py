@@ -1,15 +1,26 @@
-"""The relu pattern update of the hot loop as one fused pass on the CPU (numba).
+"""The relu pattern update of the hot loop and the flip counts, as fused passes on the CPU (numba).
 
 After each weight update the step turns the pre-activations ``z = W x`` (R, m, n) into the
 signed pattern ``a_r 1{z_ri > 0}`` and counts the bits that changed since the previous
 step. In eager PyTorch that is four passes over (R, m, n) (``gt_``, ``mul_``, ``ne``,
-``sum``), the count alone as many as the rest of the pattern update; the kernel here does
-all of it in one pass that reads ``z`` and the previous pattern and writes the new one.
+``sum``), the count alone as many as the rest of the pattern update, and comparing with the
+previous float pattern streams a second (R, m, n) array that falls out of the core's cache.
+Here the bits of the last pattern are kept packed, 32 to a word (``pattern_words``: 1/32 of
+a float32 pattern), and each block of 32 rows is compared word by word (one vector compare
+and the move of its mask per 32 entries, ``_positive_mask32``; ``popcnt`` of the xor) right
+before it becomes the pattern, while it is in L1.
 
 The values are those of ``z.gt_(0).mul_(a[..., None])`` bit for bit (an inactive entry is
 ``0.0 * a_r``, a signed zero, as there), so trajectories do not depend on which route ran;
-the counts are integers. On CUDA, or where numba is missing, ``sobolev.train`` runs the eager
-ops (``fused_available``).
+the counts are integers. The net count of a check and its jump come from the words too:
+the bits that differ from the last check's, and the difference of the two patterns written
+only there into a buffer that is zero otherwise (``FusedPattern.net_change``); the flips
+since t = 0 of a checkpoint are the bits that differ from the words of t = 0. On CUDA, or
+where numba is missing, ``sobolev.train`` runs the eager ops (``fused_available``).
+
+No array expressions inside the ``parallel=True`` kernels: numba makes each one (an
+``np.zeros``, a slice's ``sum``) a parallel region of its own, 1-3 us a launch, which cost
+20-45 us a step before they were written as loops.
 """
 
 from __future__ import annotations
@@ -24,29 +35,81 @@ except ImportError:  # pragma: no cover - numba is a dependency; the eager route
 
 
 def fused_available(device: torch.device) -> bool:
-    """Whether ``relu_pattern_`` runs fused for tensors on ``device``."""
+    """Whether the fused kernels run for tensors on ``device``."""
     return numba is not None and torch.device(device).type == "cpu"
 
 
 if numba is not None:
+    from llvmlite import ir
+    from numba.core import types
+    from numba.extending import intrinsic
+
+    @intrinsic
+    def _positive_mask32(typingctx, flat, start):  # pragma: no cover - compiled
+        """The 32 bits ``flat[start + j] > 0`` as one uint32 (bit j): one vector compare and a
+        move of its mask (``vcmpps`` + ``kmov``/``movmsk`` on x86), where a loop of shifts and
+        ors over the entries would not vectorise. ``flat`` 1-D contiguous float, 32 entries from
+        ``start`` in bounds."""
+        def codegen(context, builder, sig, args):
+            array = context.make_array(sig.args[0])(context, builder, args[0])
+            vector = ir.VectorType(context.get_value_type(sig.args[0].dtype), 32)
+            pointer = builder.bitcast(builder.gep(array.data, [args[1]]), vector.as_pointer())
+            greater = builder.fcmp_ordered(">", builder.load(pointer, align=1), ir.Constant(vector, None))
+            return builder.bitcast(greater, ir.IntType(32))
+        return types.uint32(flat, start), codegen
+
+    @intrinsic
+    def _popcount(typingctx, x):  # pragma: no cover - compiled
+        """The number of set bits of an unsigned integer, as int64 (``popcnt``)."""
+        def codegen(context, builder, sig, args):
+            bits = builder.ctpop(args[0])
+            return bits if bits.type.width == 64 else builder.zext(bits, ir.IntType(64))
+        return types.int64(x), codegen
+
+    @intrinsic
+    def _lowest_bit(typingctx, x):  # pragma: no cover - compiled
+        """The index of the lowest set bit of a non-zero unsigned integer, as int64 (``tzcnt``)."""
+        def codegen(context, builder, sig, args):
+            index = builder.cttz(args[0], ir.Constant(ir.IntType(1), 1))  # 1: x = 0 is not asked
+            return index if index.type.width == 64 else builder.zext(index, ir.IntType(64))
+        return types.int64(x), codegen
+
     @numba.njit(parallel=True, cache=True, boundscheck=False)
-    def _pattern_counted(z, previous, a, counts, chunks):  # pragma: no cover - compiled
+    def _pattern_counted(z, words, a, counts, chunks):  # pragma: no cover - compiled
         R, n = counts.shape[0], z.shape[1]
         rows = a.shape[0] // R  # m rows a replica
-        per = (rows + chunks - 1) // chunks
-        partial = np.zeros(R * chunks, np.int64)
-        for job in numba.prange(R * chunks):  # (replica, chunk of its rows): threads whatever R
+        flat = z.reshape(-1)
+        blocks = (rows + 31) // 32  # 32 rows: 32 n entries, n words
+        per = (blocks + chunks - 1) // chunks
+        partial = np.empty(R * chunks, np.int64)
+        for job in numba.prange(R * chunks):  # (replica, chunk of its blocks): threads whatever R
             r, first = job // chunks, job % chunks * per
+            start = r * rows * n  # the replica's first entry; its words count from there
             c = np.int64(0)
-            for row in range(r * rows + first, r * rows + min(rows, first + per)):
-                a_r = a[row]
-                for i in range(n):
-                    p = a_r * (z[row, i] > 0)  # 0.0 * a_r off: the signed zero of gt_().mul_()
-                    c += p != previous[row, i]
-                    z[row, i] = p
+            for b in range(first, min(blocks, first + per)):
+                lo, hi = 32 * b, min(rows, 32 * b + 32)
+                # the flips of the block, counted before its entries become the pattern
+                for w in range(lo * n // 32, hi * n // 32):
+                    mask = _positive_mask32(flat, start + 32 * w)
+                    c += _popcount(mask ^ words[r, w])
+                    words[r, w] = mask
+                tail = hi * n % 32  # only the replica's last entries, in a word of their own
+                if tail:
+                    w, mask = hi * n // 32, np.uint32(0)
+                    for j in range(tail):
+                        mask |= np.uint32(flat[start + 32 * w + j] > 0) << np.uint32(j)
+                    c += _popcount(np.uint32(mask) ^ words[r, w])
+                    words[r, w] = mask
+                for row in range(r * rows + lo, r * rows + hi):
+                    a_r = a[row]
+                    for i in range(n):
+                        z[row, i] = a_r * (z[row, i] > 0)  # 0.0 * a_r off: the signed zero of gt_().mul_()
             partial[job] = c
         for r in range(R):
-            counts[r] += partial[r * chunks:(r + 1) * chunks].sum()
+            total = np.int64(0)
+            for q in range(r * chunks, (r + 1) * chunks):
+                total += partial[q]
+            counts[r] += total
 
     @numba.njit(parallel=True, cache=True, boundscheck=False)
     def _pattern(z, a):  # pragma: no cover - compiled
@@ -56,10 +119,50 @@ if numba is not None:
             for i in range(n):
                 z[row, i] = a_r * (z[row, i] > 0)
 
+    @numba.njit(cache=True, boundscheck=False)
+    def _net_change(used, snapshot, changed, a, dA, n):  # pragma: no cover - compiled
+        R, m = used.shape[0], a.shape[0] // used.shape[0]
+        counts = np.empty(R, np.int64)
+        for r in range(R):
+            c = np.int64(0)
+            for w in range(used.shape[1]):
+                x = used[r, w] ^ snapshot[r, w]
+                changed[r, w] = x
+                snapshot[r, w] = used[r, w]
+                c += _popcount(x)
+                while x:  # the set bits, lowest first
+                    b = _lowest_bit(x)
+                    x &= x - np.uint32(1)
+                    e = 32 * w + b  # entry of the replica: row e // n
+                    a_r = a[r * m + e // n]
+                    # a_r - (0 a_r) = a_r and (0 a_r) - a_r = -a_r, exactly
+                    dA[r * m * n + e] = a_r if (used[r, w] >> b) & 1 else -a_r
+            counts[r] = c
+        return counts
+
+    @numba.njit(cache=True, boundscheck=False)
+    def _clear_changed(changed, dA, m, n):  # pragma: no cover - compiled
+        for r in range(changed.shape[0]):
+            for w in range(changed.shape[1]):
+                x = changed[r, w]
+                while x:
+                    dA[r * m * n + 32 * w + _lowest_bit(x)] = 0.0
+                    x &= x - np.uint32(1)
+
+    @numba.njit(cache=True, boundscheck=False)
+    def _words_differ(x, y):  # pragma: no cover - compiled
+        counts = np.empty(x.shape[0], np.int64)
+        for r in range(x.shape[0]):
+            c = np.int64(0)
+            for w in range(x.shape[1]):
+                c += _popcount(x[r, w] ^ y[r, w])
+            counts[r] = c
+        return counts
+
 
 def _as_rows(t: torch.Tensor, what: str) -> "np.ndarray":
     if not t.is_contiguous():  # a reshape would copy and drop the writes
-        raise ValueError(f"relu_pattern_: {what} must be contiguous")
+        raise ValueError(f"sobolev.kernels: {what} must be contiguous")
     return t.numpy().reshape(-1, t.shape[-1]) if t.dim() > 1 else t.numpy()
 
 
@@ -71,31 +174,75 @@ def _threads() -> int:
     return threads
 
 
-class FusedPattern:
-    """``relu_pattern_`` bound to fixed buffers (the pattern buffers that trade places, ``a``
-    (R, m) and the per-replica float64 counter it adds to): the numpy views and the thread count
-    are set once, in the thread that trains, so a step's Python overhead is a few microseconds."""
+def _chunks(threads: int, R: int, blocks: int) -> int:
+    """Chunks of a replica's blocks of rows: enough jobs for every thread."""
+    return max(1, min(-(-threads * 4 // max(1, R)), blocks))
 
-    def __init__(self, buffers: tuple[torch.Tensor, ...], a_Rm: torch.Tensor, counts_R: torch.Tensor):
+
+def pattern_words(pattern_Rmn: torch.Tensor) -> torch.Tensor:
+    """The bits ``1{pattern != 0}`` packed 32 to a word (R, ceil(m n / 32)), entry ``e`` of a
+    replica (flat, row-major) at bit ``e % 32`` of word ``e // 32``: the state ``FusedPattern``
+    compares each step with. int32 (torch has no general uint32), read as uint32."""
+    R = pattern_Rmn.shape[0]
+    bits = pattern_Rmn.ne(0).reshape(R, -1).cpu().numpy()
+    padded = np.zeros((R, -(-bits.shape[1] // 32) * 32), dtype=bool)
+    padded[:, :bits.shape[1]] = bits
+    packed = np.packbits(padded, axis=1, bitorder="little").view("<u4").astype(np.uint32)
+    return torch.from_numpy(packed.view(np.int32)).to(pattern_Rmn.device)
+
+
+class FusedPattern:
+    """The pattern update and the flip counts bound to fixed buffers: the float pattern
+    buffers that trade places, ``a`` (R, m), the words of the last pattern's bits
+    (``pattern_words``, updated in place), the per-replica float64 counter the steps add to,
+    and for the net count of a check the words of the last check's pattern and the net change
+    ``dA`` (R, m, n), zero between checks. The numpy views and the thread count are set once,
+    in the thread that trains, so a step's Python overhead is a few microseconds."""
+
+    def __init__(self, buffers: tuple[torch.Tensor, ...], a_Rm: torch.Tensor, words: torch.Tensor,
+                 counts_R: torch.Tensor, snapshot_words: torch.Tensor | None = None, dA: torch.Tensor | None = None):
         self.views = {id(b): _as_rows(b, "a pattern buffer") for b in buffers}
         self.a, self.counts = _as_rows(a_Rm, "a").reshape(-1), _as_rows(counts_R, "the counter")
-        self.threads = _threads()
-        # chunks per replica: enough jobs for every thread, each a few rows at least
-        self.chunks = max(1, min(-(-self.threads * 4 // max(1, len(self.counts))), a_Rm.shape[1] // 8))
+        self.words = _as_rows(words, "the words").view(np.uint32)
+        self.R, self.m = a_Rm.shape
+        self.block_chunks = _chunks(_threads(), self.R, -(-self.m // 32))
+        if dA is not None:
+            self.snapshot_words = _as_rows(snapshot_words, "the snapshot's words").view(np.uint32)
+            self.dA, self.n = _as_rows(dA, "dA").reshape(-1), dA.shape[2]
+            # the words of the pattern each interval's last step started from; the changed bits
+            self.used, self.changed = self.words.copy(), np.zeros_like(self.words)
 
-    def __call__(self, z: torch.Tensor, previous: torch.Tensor) -> None:
-        """``z <- a_r 1{z > 0}`` in place; the counter += bits that differ from ``previous``."""
-        _pattern_counted(self.views[id(z)], self.views[id(previous)], self.a, self.counts, self.chunks)
+    def __call__(self, z: torch.Tensor, keep: bool = False) -> None:
+        """``z <- a_r 1{z > 0}`` in place; the counter += bits that differ from ``words``, which
+        become those of ``z``; ``keep``: the words before are kept for ``net_change``."""
+        if keep:
+            np.copyto(self.used, self.words)
+        _pattern_counted(self.views[id(z)], self.words, self.a, self.counts, self.block_chunks)
+
+    def net_change(self) -> "np.ndarray":
+        """The bits at which the pattern the last ``keep`` step started from differs from the
+        snapshot, per replica (int64 (R,)); ``dA`` is their difference (``+-a_r`` there, zero
+        elsewhere) until ``clear``, and the snapshot becomes that pattern."""
+        return _net_change(self.used, self.snapshot_words, self.changed, self.a, self.dA, self.n)
+
+    def clear(self) -> None:
+        """``dA`` back to zero."""
+        _clear_changed(self.changed, self.dA, self.m, self.n)
+
+    def differ(self, other_words: torch.Tensor) -> "np.ndarray":
+        """The bits at which the current pattern differs from ``other_words``, per replica."""
+        return _words_differ(self.words, _as_rows(other_words, "the words").view(np.uint32))
 
 
-def relu_pattern_(z_Rmn: torch.Tensor, a_Rm: torch.Tensor, previous_Rmn: torch.Tensor | None = None,
+def relu_pattern_(z_Rmn: torch.Tensor, a_Rm: torch.Tensor, words: torch.Tensor | None = None,
                   counts_R: torch.Tensor | None = None) -> None:
-    """In place, ``z <- a_r 1{z_ri > 0}``; with ``previous``, ``counts[r]`` (float64) is added
-    the number of entries of replica ``r`` at which the new pattern differs from ``previous``.
+    """In place, ``z <- a_r 1{z_ri > 0}``; with ``words`` (the previous pattern's
+    ``pattern_words``), ``counts[r]`` (float64) is added the number of entries of replica ``r``
+    at which the new bits differ from the words', and the words become the new bits.
 
-    All tensors contiguous on the CPU, ``z``, ``previous`` and ``a`` of one floating dtype."""
-    if previous_Rmn is None:
+    All tensors contiguous on the CPU, ``z`` and ``a`` of one floating dtype."""
+    if words is None:
         _threads()
         _pattern(_as_rows(z_Rmn, "z"), _as_rows(a_Rm, "a").reshape(-1))
     else:
-        FusedPattern((z_Rmn, previous_Rmn), a_Rm, counts_R)(z_Rmn, previous_Rmn)
+        FusedPattern((z_Rmn,), a_Rm, words, counts_R)(z_Rmn)

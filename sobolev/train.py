@@ -167,6 +167,12 @@ def bound_tolerance(dtype: torch.dtype) -> float:
 # State
 
 
+def _where(mask: np.ndarray | None, x: np.ndarray, fill: float) -> np.ndarray:
+    """``x`` where ``mask``, else ``fill``; ``mask`` None: all of ``x`` (bit for bit what an
+    all-true mask gives, without the pass)."""
+    return x if mask is None else np.where(mask, x, fill)
+
+
 def _move_rows(state, holes: np.ndarray, movers: np.ndarray, n_keep: int, names: tuple[str, ...]) -> None:
     """Drops rows of the tensors ``names`` of ``state``: the rows ``movers`` (from the end) go
     into ``holes``, then every tensor is cut to ``n_keep`` rows; no copy of the batch."""
@@ -377,21 +383,27 @@ class FrozenPatterns(PatternRule):
 class ReluPatterns(PatternRule):
     """The pattern of the current weights, recomputed after every step (the true dynamics).
 
-    Two pattern buffers trade places every step: the new pattern is computed next to the
-    previous one and the bits that changed are counted per replica (exact integers). On the
-    CPU that is one fused pass (``sobolev.kernels``, which adds to the counter itself);
-    elsewhere the eager ops, where the previous pattern is overwritten in place by the
-    indicator of the changed bits (a float sum of 0/1 is exact below 2^24), except on the last
-    step before a check, when the net count still reads it and the indicator goes to a bool
-    buffer. A third pattern is the snapshot of the last check (net flips)."""
+    Two pattern buffers trade places every step, and the bits that changed are counted per
+    replica (exact integers). On the CPU that is one fused pass (``sobolev.kernels``) that
+    compares with a byte per entry of the previous pattern's bits and adds to the counter
+    itself, and the snapshot of the last check (net flips) is kept as bits too; elsewhere the
+    eager ops, where the previous pattern is overwritten in place by the indicator of the
+    changed bits (a float sum of 0/1 is exact below 2^24), except on the last step before a
+    check, when the net count still reads it and the indicator goes to a bool buffer, and the
+    snapshot is a third pattern buffer."""
 
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.XT, self.V_rows = data.XT, data.XVT[:, 1:]
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
-        self.snapshot = Aa0.clone()
         self.fused = kernels.fused_available(Aa0.device)
         R, m, n = Aa0.shape
-        if not self.fused:
+        if self.fused:
+            # the bits of the current pattern, of the last check's and of t = 0, 32 to a word
+            self.words = kernels.pattern_words(Aa0)
+            self.snapshot_words, self.start_words = self.words.clone(), self.words.clone()
+            self.dA = torch.zeros_like(Aa0)  # the net change of a check; zero between checks
+        else:
+            self.snapshot = Aa0.clone()
             self.changed = torch.empty(Aa0.shape, dtype=torch.bool, device=Aa0.device)
             # a float sum of 0/1 counts exactly while the count fits the mantissa
             self.in_place = Aa0.dtype == torch.float64 or m * n <= 2**24
@@ -405,13 +417,14 @@ class ReluPatterns(PatternRule):
         self.W2, self.a, self.a3 = W.view(-1, W.shape[2]), a, a[..., None]
         self.current_T = self.current.transpose(1, 2)
         if self.fused:
-            self.kernel = kernels.FusedPattern((self.current, self.spare, self.snapshot), a, self.flips_gross)
+            self.kernel = kernels.FusedPattern((self.current, self.spare), a, self.words, self.flips_gross,
+                                               self.snapshot_words, self.dA)
 
     def advance(self, keep: bool = False) -> None:
         previous, new = self.current, self.spare
         torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
         if self.fused:
-            self.kernel(new, previous)
+            self.kernel(new, keep)
         else:
             new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
             if keep or not self.in_place:
@@ -427,23 +440,35 @@ class ReluPatterns(PatternRule):
         # the net count compares the pattern of the interval's last step start, P(W_{s-1}),
         # with the previous check's: kept as it was recorded (the trajectory fixture)
         last_used = self.spare
-        dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
+        if self.fused:  # from the words: dA is non-zero at the few changed bits only
+            flips, dA = self.kernel.net_change(), self.dA
+        else:
+            dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
         dG = dA.transpose(1, 2) @ W  # (R, n, D)
         jump = torch.bmm(self.V_rows, dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
-        flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1)  # counts <= m per point: exact
-        self.snapshot, self.spare = last_used, dA
-        return flips.cpu().numpy().astype(np.int64), jump.cpu().numpy()
+        if self.fused:
+            self.kernel.clear()
+        else:
+            flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1).cpu().numpy().astype(np.int64)  # <= m a point
+            self.snapshot, self.spare = last_used, dA
+        return flips, jump.cpu().numpy()
 
     def flipped_from_start(self, start, a):
+        if self.fused:
+            return torch.from_numpy(self.kernel.differ(self.start_words)).double()
         Aa0 = signed_pattern(start.W0, a, self.XT, self.spare)  # the spare is free between steps
         return torch.ne(self.current, Aa0, out=Aa0).sum(1).double().sum(1)  # counts <= m per point: exact
 
     def drop(self, holes, movers, n_keep) -> None:
-        _move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
-        self.spare = self.spare[:n_keep]
-        if not self.fused:
+        if self.fused:
+            names = ("current", "flips_gross", "words", "snapshot_words", "start_words")
+            _move_rows(self, holes, movers, n_keep, names)
+            self.dA = self.dA[:n_keep]
+        else:
+            _move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
             self.changed = self.changed[:n_keep]
             self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
+        self.spare = self.spare[:n_keep]
 
 
 PATTERN_RULES: dict[str, type[PatternRule]] = {"relu": ReluPatterns, "frozen": FrozenPatterns}  # keys: Mode
@@ -471,20 +496,24 @@ class Workspace:
         self.Ra, self.data = Ra, data
         self.G = torch.empty(Ra, n, D, dtype=dtype, device=device)
         self.res = torch.empty(n, k1, Ra, dtype=dtype, device=device)
-        self.half_sq = torch.empty_like(self.res)
         self.zero = torch.zeros((), dtype=dtype, device=device)
         self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
         self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
         self.losses = torch.empty(0, Ra, dtype=dtype, device=device)  # (steps, Ra): rows contiguous
-        # the value and derivative parts of each step's loss, for their own interval maxima
-        self.parts = torch.empty(0, 2, Ra, dtype=dtype, device=device)
+        # each step's halved squared residuals (steps, n, k+1, Ra): the value and derivative
+        # parts of the loss are summed from them once per call, not per step
+        self.half_sq = torch.empty(0, n, k1, Ra, dtype=dtype, device=device)
+        self.parts = torch.empty(2, 0, Ra, dtype=dtype, device=device)
 
     def run(self, state: LoopState, pattern: PatternRule, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``n_steps`` gradient steps of the live replicas; returns their losses (Ra, n_steps)
-        at the weights each step started from."""
+        at the weights each step started from. Their parts ``1/2 ||e||^2`` and ``1/2 ||S||^2``
+        are then in ``parts[:, :n_steps]`` (2, n_steps, Ra)."""
         if self.losses.shape[0] < n_steps:
-            self.losses = torch.empty(n_steps, self.Ra, dtype=self.G.dtype, device=self.G.device)
-            self.parts = torch.empty(n_steps, 2, self.Ra, dtype=self.G.dtype, device=self.G.device)
+            dtype, device = self.G.dtype, self.G.device
+            self.losses = torch.empty(n_steps, self.Ra, dtype=dtype, device=device)
+            self.half_sq = torch.empty(n_steps, *self.res.shape, dtype=dtype, device=device)
+            self.parts = torch.empty(2, n_steps, self.Ra, dtype=dtype, device=device)
         W, live, applied = state.W, state.live, state.applied
         converged_at, diverged_at = state.loss_converged, state.loss_diverged
         XVT, yh = self.data.XVT, self.data.yh
@@ -494,9 +523,7 @@ class Workspace:
         for j in range(n_steps):
             torch.bmm(pattern.current_T, W, out=G)  # G_i = grad_x f(x_i)
             torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
-            loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq), (0, 1), out=losses[j])
-            torch.sum(half_sq[:, 0], 0, out=self.parts[j, 0])  # 1/2 ||e||^2
-            torch.sum(half_sq[:, 1:], (0, 1), out=self.parts[j, 1])  # 1/2 ||S||^2
+            loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq[j]), (0, 1), out=losses[j])
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
             applied.add_(live)
@@ -504,6 +531,9 @@ class Workspace:
             torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
             W.baddbmm_(pattern.current, uR, alpha=-1)
             pattern.advance(keep=j == n_steps - 1)
+        # the same sums per step as one call each (bit for bit those of a call per step)
+        torch.sum(half_sq[:n_steps, :, 0], 1, out=self.parts[0, :n_steps])  # 1/2 ||e||^2
+        torch.sum(half_sq[:n_steps, :, 1:], (1, 2), out=self.parts[1, :n_steps])  # 1/2 ||S||^2
         return self.losses[:n_steps].T
 
 
@@ -571,6 +601,7 @@ class _Run:
         self.t_budget = cfg.flow_time_budget(lam_star)
         self.tolerance = bound_tolerance(dtype)
         self.step = 0
+        self.eta: torch.Tensor | None = None  # host.eta on the device
         self.checkpoint(np.arange(R), np.zeros(R, dtype=np.int64))
 
     @property
@@ -585,17 +616,20 @@ class _Run:
         next_checkpoint = int(later[0]) if len(later) else cfg.max_steps
         to_t_max = int(np.ceil((self.t_budget - host.t) / host.eta - 1e-9).min())
         n_steps = max(1, min(cfg.check_every, next_checkpoint - step, cfg.max_steps - step, to_t_max))
-        eta = torch.as_tensor(host.eta, dtype=self.data.X.dtype, device=self.data.X.device)
-        losses = self.ws.run(self.loop, self.pattern, eta, n_steps)
+        if self.eta is None:  # the step sizes change at checkpoints and when rows are dropped
+            self.eta = torch.as_tensor(host.eta, dtype=self.data.X.dtype, device=self.data.X.device)
+        losses = self.ws.run(self.loop, self.pattern, self.eta, n_steps)
         # every check: one read of the loss buffer and the step counters (the only sync)
         loss = losses.cpu().numpy()  # (Ra, n_steps): loss at W_step .. W_{step+n_steps-1}
         applied = self.loop.applied.cpu().numpy().copy()  # on the CPU .numpy() aliases the live counter
         n_live = np.rint(applied - host.applied).astype(np.int64)  # steps applied this interval
         host.applied = applied
         ended = n_live < n_steps  # the loss at index n_live stopped the replica on the device
-        loss_stop = loss[np.arange(Ra), np.minimum(n_live, n_steps - 1)]
-        converged = ended & (loss_stop <= self.loop.loss_converged.cpu().numpy())  # the device's own test
-        parts = self.ws.parts[:n_steps].cpu().numpy()  # (n_steps, 2, Ra): 1/2 ||e||^2, 1/2 ||S||^2
+        converged = ended.copy()
+        if ended.any():
+            loss_stop = loss[np.arange(Ra), np.minimum(n_live, n_steps - 1)]
+            converged &= loss_stop <= self.loop.loss_converged.cpu().numpy()  # the device's own test
+        parts = self.ws.parts[:, :n_steps].cpu().numpy()  # (2, n_steps, Ra): 1/2 ||e||^2, 1/2 ||S||^2
         self._per_step(loss, parts, n_live, converged)
         host.t = host.t + n_live * host.eta
         own_steps = step + n_live
@@ -621,32 +655,41 @@ class _Run:
         """The interval's per-step losses (and their value and derivative ``parts``), at flow
         times ``t + eta j``: the rate fit, the smallest loss, the interval extremes and the
         first violation of the bound."""
-        host = self.host
-        j = np.arange(loss.shape[1])[None, :]
+        host, n_steps = self.host, loss.shape[1]
+        j = np.arange(n_steps)[None, :]
         t_steps = host.t[:, None] + host.eta[:, None] * j
         rel = loss.astype(np.float64) / (host.r0_sq[:, None] / 2)
-        fit_mask = (j < n_live[:, None]) | (converged[:, None] & (j == n_live[:, None]))
-        host.min_rel = np.minimum(host.min_rel, np.where(fit_mask, rel, np.inf).min(1))
-        lt = np.log(np.where(fit_mask, rel, 1.0))
-        host.fit += np.stack([fit_mask.sum(1), (t_steps * fit_mask).sum(1), (t_steps**2 * fit_mask).sum(1),
-                              (lt * fit_mask).sum(1), (t_steps * lt * fit_mask).sum(1)], axis=1)
+        # masks of the steps that count; None where all do (no replica stopped, no row in the
+        # interval: the usual check), which skips their passes and gives the same numbers
+        full = bool((n_live == n_steps).all())
+        fit_mask = None if full else (j < n_live[:, None]) | (converged[:, None] & (j == n_live[:, None]))
+        host.min_rel = np.minimum(host.min_rel, _where(fit_mask, rel, np.inf).min(1))
+        # in C order whether masked or not: numpy's vectorised log rounds an entry differently
+        # depending on the order it meets it in (rel is (Ra, n_steps) in the device's column order)
+        lt = np.log(np.ascontiguousarray(_where(fit_mask, rel, 1.0)))
+        count = np.full((len(rel), 1), n_steps) if full else fit_mask.sum(1, keepdims=True)
+        terms = np.stack([t_steps, t_steps**2, lt, t_steps * lt], axis=1)  # (Ra, 4, n_steps): each row as summed alone
+        host.fit += np.concatenate([count, _where(None if full else fit_mask[:, None], terms, 0.0).sum(2)], axis=1)
         # every loss at weights the replica had (up to its stop); the interval starts after its last row
-        had = j <= n_live[:, None]
-        in_interval = had & (self.step + j > host.last_row[:, None])
+        had = None if full else j <= n_live[:, None]
+        after_row = None if (host.last_row < self.step).all() else self.step + j > host.last_row[:, None]
+        in_interval = after_row if had is None else had if after_row is None else had & after_row
         rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
-        host.interval_max = np.maximum(host.interval_max, np.where(in_interval, rel_or_inf, -np.inf).max(1))
-        host.interval_min = np.minimum(host.interval_min, np.where(in_interval, rel_or_inf, np.inf).min(1))
+        host.interval_max = np.maximum(host.interval_max, _where(in_interval, rel_or_inf, -np.inf).max(1))
+        host.interval_min = np.minimum(host.interval_min, _where(in_interval, rel_or_inf, np.inf).min(1))
         with np.errstate(divide="ignore", invalid="ignore"):  # k = 0: no derivative residual, 0/0
-            value = 2 * parts[:, 0].T.astype(np.float64) / host.e0_sq[:, None]
-            deriv = 2 * parts[:, 1].T.astype(np.float64) / host.S0_sq[:, None]
+            value = 2 * parts[0].T.astype(np.float64) / host.e0_sq[:, None]
+            deriv = 2 * parts[1].T.astype(np.float64) / host.S0_sq[:, None]
         for name, part, start in (("value_interval_max", value, host.e0_sq), ("deriv_interval_max", deriv, host.S0_sq)):
             part = np.where(np.isnan(part) & (start[:, None] > 0), np.inf, part)  # NaN from divergence
-            setattr(host, name, np.maximum(getattr(host, name), np.where(in_interval, part, -np.inf).max(1)))
+            setattr(host, name, np.maximum(getattr(host, name), _where(in_interval, part, -np.inf).max(1)))
         bound = np.exp(-self.lam_star * t_steps) * host.r0_sq[:, None]
-        violated = had & ~(2 * loss.astype(np.float64) <= bound * (1 + self.tolerance))  # NaN violates
-        first = violated.argmax(1)
-        self._record_violation(np.arange(len(first)), violated.any(1), self.step + first,
-                               t_steps[np.arange(len(first)), first])
+        violated = ~(2 * loss.astype(np.float64) <= bound * (1 + self.tolerance))  # NaN violates
+        violated = violated if had is None else had & violated
+        if violated.any():
+            first = violated.argmax(1)
+            self._record_violation(np.arange(len(first)), violated.any(1), self.step + first,
+                                   t_steps[np.arange(len(first)), first])
 
     def _record_violation(self, sel: np.ndarray, violated: np.ndarray, steps: np.ndarray, times: np.ndarray) -> None:
         """The first violation of the bound of active rows ``sel`` (where ``violated``), at
@@ -694,6 +737,7 @@ class _Run:
         if self.pattern.moves:  # H(t) changes: the step follows lambda_max(H(t))
             good = np.isfinite(row["lambda_max"]) & (row["lambda_max"] > 0)
             host.eta[sel[good]] = self.cfg.step_factor / row["lambda_max"][good]
+            self.eta = None
         self.rows.append(row)
 
     def _measure(self, sel: np.ndarray, ix: torch.Tensor, t: np.ndarray) -> dict[str, np.ndarray]:
@@ -748,6 +792,7 @@ class _Run:
         order[holes] = movers
         self.host = host.take(order)
         self.ws = Workspace(n_keep, self.data)
+        self.eta = None
 
     def result(self, a: torch.Tensor, bias: bool) -> TrainResult:
         curves = {f: np.concatenate([row[f] for row in self.rows]).astype(_NUMPY_TYPE[kind])

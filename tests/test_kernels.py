@@ -43,18 +43,71 @@ def test_fused_pattern_is_the_eager_pattern_bit_for_bit(dtype):
     assert (eager == 0).any() and (eager.view(-1).signbit() & (eager.view(-1) == 0)).any()  # signed zeros present
 
 
+@pytest.fixture
+def threads(request):
+    """torch's (and so numba's) thread count for the test: the chunks of rows per thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def brute_force_words(bits_Rmn: np.ndarray) -> np.ndarray:
+    """Bit e % 32 of word e // 32 set where entry e of the replica (row-major) is set."""
+    R, flat = bits_Rmn.shape[0], bits_Rmn.reshape(bits_Rmn.shape[0], -1)
+    words = np.zeros((R, -(-flat.shape[1] // 32)), dtype=np.uint64)
+    for r in range(R):
+        for e in np.flatnonzero(flat[r]):
+            words[r, e // 32] += 2 ** (e % 32)
+    return words
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_count_is_a_brute_force_count(dtype):
-    z, a, previous = patterns(dtype, seed=1)
+@pytest.mark.parametrize("m, n", [(37, 11), (64, 32), (70, 9), (5, 3)])  # tails of a word; none; several blocks
+@pytest.mark.parametrize("threads", [1, 2], indirect=True)
+def test_fused_count_is_a_brute_force_count(dtype, m, n, threads):
+    z, a, previous = patterns(dtype, m=m, n=n, seed=1)
     counts = torch.tensor([5.0, 0.0, 7.0], dtype=torch.float64)  # added to
+    words = kernels.pattern_words(previous)
+    np.testing.assert_array_equal(words.numpy().view(np.uint32), brute_force_words((previous != 0).numpy()))
     new = z.clone()
-    kernels.relu_pattern_(new, a, previous, counts)
+    kernels.relu_pattern_(new, a, words, counts)
     assert same_bits(new, z.clone().gt_(0).mul_(a[..., None]))
     bits_new, bits_old = (z > 0).numpy(), (previous != 0).numpy()
     expected = [sum(bits_new[r, j, i] != bits_old[r, j, i] for j in range(z.shape[1]) for i in range(z.shape[2]))
                 for r in range(z.shape[0])]
     np.testing.assert_array_equal(counts.numpy(), np.array(expected) + [5, 0, 7])
     assert min(expected) > 0
+    # the words follow the pattern
+    np.testing.assert_array_equal(words.numpy().view(np.uint32), brute_force_words(bits_new))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("m, n", [(37, 11), (64, 32)])
+def test_net_change_from_the_words_is_the_difference_of_the_float_patterns(dtype, m, n):
+    """Three steps' pre-activations: the check's net change ``P1 - P0`` (P1, the pattern the
+    ``keep`` step started from), built from the words, bit for bit the float difference (its
+    zeros +0, as ``torch.sub`` gives), counted per replica; ``clear`` zeroes it again; the
+    snapshot becomes P1's words; ``differ`` counts the bits of P2 that differ from P0."""
+    g = torch.Generator().manual_seed(5)
+    z0, a, _ = patterns(dtype, m=m, n=n, seed=5)
+    z1, z2 = (z0 + 0.4 * torch.randn(z0.shape, generator=g, dtype=dtype) for _ in range(2))
+    P = [z.gt(0).to(dtype).mul_(a[..., None]) for z in (z0, z1, z2)]
+    words, dA = kernels.pattern_words(P[0]), torch.zeros_like(z0)
+    snapshot, start = words.clone(), words.clone()
+    buf1, buf2 = z1.clone(), z2.clone()
+    kernel = kernels.FusedPattern((buf1, buf2), a, words, torch.zeros(len(a), dtype=torch.float64), snapshot, dA)
+    kernel(buf1)
+    kernel(buf2, keep=True)
+    flips = kernel.net_change()
+    expected = P[1] - P[0]
+    assert same_bits(dA, expected)
+    np.testing.assert_array_equal(flips, (expected != 0).sum((1, 2)).numpy())
+    assert flips.dtype == np.int64 and flips.min() > 0
+    np.testing.assert_array_equal(snapshot.numpy(), kernels.pattern_words(P[1]).numpy())
+    kernel.clear()
+    assert same_bits(dA, torch.zeros_like(dA))
+    np.testing.assert_array_equal(kernel.differ(start), (P[2] != P[0]).sum((1, 2)).numpy())
 
 
 def test_fused_refuses_a_strided_tensor():
