@@ -393,7 +393,7 @@ class ReluPatterns(PatternRule):
     snapshot is a third pattern buffer."""
 
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
-        self.XT, self.V_rows = data.XT, data.XVT[:, 1:]
+        self.XT, self.V_rows = data.XT, data.XVT[:, 1:].contiguous()
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
         self.fused = kernels.fused_available(Aa0.device)
         R, m, n = Aa0.shape
@@ -593,6 +593,8 @@ class _Run:
         self.host = HostState.start(r0_sq, e0.double().pow(2).sum(1).cpu().numpy(),
                                     S0.double().pow(2).sum((1, 2)).cpu().numpy(), cfg.step_factor / self.lam0[:, -1])
         self.stops = Stops.empty(self.host)
+        # a residual part that starts at zero (k = 0: no derivatives) divides 0 by 0
+        self.zero_start = not (np.all(self.host.e0_sq > 0) and np.all(self.host.S0_sq > 0))
         self.ws = Workspace(R, data)
         self.out_W = torch.empty_like(W)
         self.rows: list[dict[str, np.ndarray]] = []
@@ -658,31 +660,36 @@ class _Run:
         host, n_steps = self.host, loss.shape[1]
         j = np.arange(n_steps)[None, :]
         t_steps = host.t[:, None] + host.eta[:, None] * j
-        rel = loss.astype(np.float64) / (host.r0_sq[:, None] / 2)
+        # the relative loss and its value and derivative parts, (3, Ra, n_steps) in C order
+        q = np.empty((3, *loss.shape))
+        q[0], q[1:] = loss, parts.transpose(0, 2, 1)
+        q[1:] *= 2
+        start = np.stack([host.r0_sq / 2, host.e0_sq, host.S0_sq])[:, :, None]
+        # k = 0: no derivative residual, 0/0 (the context costs as much as the divisions)
+        with np.errstate(divide="ignore", invalid="ignore") if self.zero_start else contextlib.nullcontext():
+            q /= start
+        rel = q[0]
         # masks of the steps that count; None where all do (no replica stopped, no row in the
         # interval: the usual check), which skips their passes and gives the same numbers
         full = bool((n_live == n_steps).all())
         fit_mask = None if full else (j < n_live[:, None]) | (converged[:, None] & (j == n_live[:, None]))
         host.min_rel = np.minimum(host.min_rel, _where(fit_mask, rel, np.inf).min(1))
-        # in C order whether masked or not: numpy's vectorised log rounds an entry differently
-        # depending on the order it meets it in (rel is (Ra, n_steps) in the device's column order)
-        lt = np.log(np.ascontiguousarray(_where(fit_mask, rel, 1.0)))
-        count = np.full((len(rel), 1), n_steps) if full else fit_mask.sum(1, keepdims=True)
-        terms = np.stack([t_steps, t_steps**2, lt, t_steps * lt], axis=1)  # (Ra, 4, n_steps): each row as summed alone
-        host.fit += np.concatenate([count, _where(None if full else fit_mask[:, None], terms, 0.0).sum(2)], axis=1)
+        # rel in C order, masked or not (the losses come in the device's column order): numpy's
+        # vectorised log rounds an entry differently depending on the order it meets it in
+        lt = np.log(_where(fit_mask, rel, 1.0))
+        count = np.full((1, len(rel)), n_steps) if full else fit_mask.sum(1)[None]
+        terms = np.stack([t_steps, t_steps**2, lt, t_steps * lt])  # (4, Ra, n_steps): each row as summed alone
+        host.fit += np.concatenate([count, _where(fit_mask, terms, 0.0).sum(2)]).T
         # every loss at weights the replica had (up to its stop); the interval starts after its last row
         had = None if full else j <= n_live[:, None]
         after_row = None if (host.last_row < self.step).all() else self.step + j > host.last_row[:, None]
         in_interval = after_row if had is None else had if after_row is None else had & after_row
-        rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
-        host.interval_max = np.maximum(host.interval_max, _where(in_interval, rel_or_inf, -np.inf).max(1))
-        host.interval_min = np.minimum(host.interval_min, _where(in_interval, rel_or_inf, np.inf).min(1))
-        with np.errstate(divide="ignore", invalid="ignore"):  # k = 0: no derivative residual, 0/0
-            value = 2 * parts[0].T.astype(np.float64) / host.e0_sq[:, None]
-            deriv = 2 * parts[1].T.astype(np.float64) / host.S0_sq[:, None]
-        for name, part, start in (("value_interval_max", value, host.e0_sq), ("deriv_interval_max", deriv, host.S0_sq)):
-            part = np.where(np.isnan(part) & (start[:, None] > 0), np.inf, part)  # NaN from divergence
-            setattr(host, name, np.maximum(getattr(host, name), _where(in_interval, part, -np.inf).max(1)))
+        q = np.where(np.isnan(q) & (start > 0), np.inf, q)  # NaN from divergence
+        high = _where(in_interval, q, -np.inf).max(2)
+        host.interval_max = np.maximum(host.interval_max, high[0])
+        host.value_interval_max = np.maximum(host.value_interval_max, high[1])
+        host.deriv_interval_max = np.maximum(host.deriv_interval_max, high[2])
+        host.interval_min = np.minimum(host.interval_min, _where(in_interval, q[0], np.inf).min(1))
         bound = np.exp(-self.lam_star * t_steps) * host.r0_sq[:, None]
         violated = ~(2 * loss.astype(np.float64) <= bound * (1 + self.tolerance))  # NaN violates
         violated = violated if had is None else had & violated
@@ -714,7 +721,8 @@ class _Run:
         row = dict(replica=host.replica[sel], step=steps, t=t, eta=host.eta[sel], **self._measure(sel, ix, t))
         r0_sq, r_sq = host.r0_sq[sel], row["e_sq"] + row["S_sq"]
         bound = np.exp(-self.lam_star * t) * r0_sq
-        with np.errstate(divide="ignore", invalid="ignore"):  # k = 0: no derivative residual, 0/0
+        # k = 0: no derivative residual, 0/0 (the context costs as much as the divisions)
+        with np.errstate(divide="ignore", invalid="ignore") if self.zero_start else contextlib.nullcontext():
             row.update(value_rel=row["e_sq"] / host.e0_sq[sel], deriv_rel=row["S_sq"] / host.S0_sq[sel])
         rel = r_sq / r0_sq
         rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
