@@ -59,6 +59,31 @@ if numba is not None:
         return types.uint32(flat, start), codegen
 
     @intrinsic
+    def _pattern_word32(typingctx, flat, start, a_r):  # pragma: no cover - compiled
+        """``_positive_mask32`` and, in the same pass, the 32 entries become the pattern of one
+        row: ``a_r`` where positive, else ``a_r * 0.0`` (the signed zero that ``a_r * (z > 0)``
+        gives), bit for bit what the row loop writes."""
+        def codegen(context, builder, sig, args):
+            array = context.make_array(sig.args[0])(context, builder, args[0])
+            element = context.get_value_type(sig.args[0].dtype)
+            vector = ir.VectorType(element, 32)
+            pointer = builder.bitcast(builder.gep(array.data, [args[1]]), vector.as_pointer())
+            values = builder.load(pointer, align=1)
+            greater = builder.fcmp_ordered(">", values, ir.Constant(vector, None))
+            a = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
+            off = builder.fmul(a, ir.Constant(element, 0.0))
+            lanes = ir.Constant(ir.VectorType(ir.IntType(32), 32), None)  # all lanes from element 0
+            on_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vector, ir.Undefined), a,
+                                                                 ir.Constant(ir.IntType(32), 0)),
+                                          ir.Constant(vector, ir.Undefined), lanes)
+            off_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vector, ir.Undefined), off,
+                                                                  ir.Constant(ir.IntType(32), 0)),
+                                           ir.Constant(vector, ir.Undefined), lanes)
+            builder.store(builder.select(greater, on_v, off_v), pointer, align=1)
+            return builder.bitcast(greater, ir.IntType(32))
+        return types.uint32(flat, start, a_r), codegen
+
+    @intrinsic
     def _popcount(typingctx, x):  # pragma: no cover - compiled
         """The number of set bits of an unsigned integer, as int64 (``popcnt``)."""
         def codegen(context, builder, sig, args):
@@ -88,6 +113,14 @@ if numba is not None:
             c = np.int64(0)
             for b in range(first, min(blocks, first + per)):
                 lo, hi = 32 * b, min(rows, 32 * b + 32)
+                if n % 32 == 0:  # a word lies in one row: compare, count and write in one pass
+                    for row in range(lo, hi):
+                        a_r = a[r * rows + row]
+                        for w in range(row * n // 32, (row + 1) * n // 32):
+                            mask = _pattern_word32(flat, start + 32 * w, a_r)
+                            c += _popcount(mask ^ words[r, w])
+                            words[r, w] = mask
+                    continue
                 # the flips of the block, counted before its entries become the pattern
                 for w in range(lo * n // 32, hi * n // 32):
                     mask = _positive_mask32(flat, start + 32 * w)

@@ -117,10 +117,11 @@ def test_fused_refuses_a_strided_tensor():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_train_is_identical_on_the_fused_and_the_eager_route(monkeypatch, dtype):
+@pytest.mark.parametrize("n", [6, 32])  # 32: the one-pass route of rows of whole words
+def test_train_is_identical_on_the_fused_and_the_eager_route(monkeypatch, dtype, n):
     """Replicas that stop at different times (rows dropped mid-run) and a check on every
     route's boundary: weights, curves and summaries bit for bit the same."""
-    p = make_problem(6, 5, 2, 0.5, seed=2, dtype=torch.float64)
+    p = make_problem(n, 5, 2, 0.5, seed=2, dtype=torch.float64)
     params = init_params(5, 96, 5, seeds=list(range(5)), dtype=torch.float64)
     cfg = TrainConfig(eps=1e-4, t_max=6.0, max_steps=700, check_every=7, dtype=dtype)
     fused = train(params, p, cfg)
