@@ -8,7 +8,8 @@ previous float pattern streams a second (R, m, n) array that falls out of the co
 Here the bits of the last pattern are kept packed, 32 to a word (``pattern_words``: 1/32 of
 a float32 pattern), and each block of 32 rows is compared word by word (one vector compare
 and the move of its mask per 32 entries, ``_positive_mask32``; ``popcnt`` of the xor) right
-before it becomes the pattern, while it is in L1.
+before it becomes the pattern, while it is in L1. When n is a multiple of 32 a word lies in
+one row and the same vector compare also writes the pattern (``_pattern_word32``): one pass.
 
 The values are those of ``z.gt_(0).mul_(a[..., None])`` bit for bit (an inactive entry is
 ``0.0 * a_r``, a signed zero, as there), so trajectories do not depend on which route ran;
