@@ -500,10 +500,13 @@ class Workspace:
         self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
         self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
         self.losses = torch.empty(0, Ra, dtype=dtype, device=device)  # (steps, Ra): rows contiguous
-        # each step's halved squared residuals (steps, n, k+1, Ra): the value and derivative
-        # parts of the loss are summed from them once per call, not per step
+        # each step's halved squared residuals (steps, n, k+1, Ra): on the CPU the value and
+        # derivative parts of the loss are summed from them once per call, bit for bit the sums
+        # of a call per step (tested); elsewhere a reduction's order may follow its shape, so
+        # there the parts are summed per step, as the values must not depend on check_every
         self.half_sq = torch.empty(0, n, k1, Ra, dtype=dtype, device=device)
         self.parts = torch.empty(2, 0, Ra, dtype=dtype, device=device)
+        self.parts_per_step = device.type != "cpu"
 
     def run(self, state: LoopState, pattern: PatternRule, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``n_steps`` gradient steps of the live replicas; returns their losses (Ra, n_steps)
@@ -524,6 +527,9 @@ class Workspace:
             torch.bmm(pattern.current_T, W, out=G)  # G_i = grad_x f(x_i)
             torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
             loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq[j]), (0, 1), out=losses[j])
+            if self.parts_per_step:
+                torch.sum(half_sq[j, :, 0], 0, out=self.parts[0, j])  # 1/2 ||e||^2
+                torch.sum(half_sq[j, :, 1:], (0, 1), out=self.parts[1, j])  # 1/2 ||S||^2
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
             applied.add_(live)
@@ -531,9 +537,9 @@ class Workspace:
             torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
             W.baddbmm_(pattern.current, uR, alpha=-1)
             pattern.advance(keep=j == n_steps - 1)
-        # the same sums per step as one call each (bit for bit those of a call per step)
-        torch.sum(half_sq[:n_steps, :, 0], 1, out=self.parts[0, :n_steps])  # 1/2 ||e||^2
-        torch.sum(half_sq[:n_steps, :, 1:], (1, 2), out=self.parts[1, :n_steps])  # 1/2 ||S||^2
+        if not self.parts_per_step:
+            torch.sum(half_sq[:n_steps, :, 0], 1, out=self.parts[0, :n_steps])
+            torch.sum(half_sq[:n_steps, :, 1:], (1, 2), out=self.parts[1, :n_steps])
         return self.losses[:n_steps].T
 
 

@@ -10,6 +10,8 @@ from sobolev import Params, TrainConfig, forward, gram, init_params, lambda_star
 from sobolev.problem import effective_data
 from sobolev.train import CURVE_FIELDS, MODES, PATTERN_RULES, SUMMARY_FIELDS, checkpoint_steps, train_config_fields
 
+train_module = sys.modules["sobolev.train"]  # the package exports the function under the same name
+
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
@@ -279,6 +281,31 @@ def test_per_step_diagnostics_do_not_depend_on_check_every_or_batch():
             np.testing.assert_allclose(one.curves[f], batch.curves[f][rows], rtol=1e-9, err_msg=f)
         for f in PER_STEP_SUMMARY:
             np.testing.assert_allclose(one.summary[f], batch.summary[f][j:j + 1], rtol=1e-9, err_msg=f)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_loss_parts_summed_per_step_or_per_check_are_identical(monkeypatch, dtype):
+    """The value and derivative parts of the loss: summed once per check from the buffered
+    squares (the CPU's route) or once per step (the route off the CPU), every curve and summary
+    value bit for bit the same on the CPU."""
+    p = make_problem(8, 5, 2, 0.5, seed=2, dtype=torch.float64)
+    params = init_params(4, 64, 5, seeds=list(range(4)), dtype=torch.float64)
+    cfg = TrainConfig(eps=1e-4, t_max=6.0, max_steps=300, check_every=7, dtype=dtype)
+    batched = train(params, p, cfg)
+    init = train_module.Workspace.__init__
+
+    def per_step(self, *args):
+        init(self, *args)
+        assert not self.parts_per_step  # the CPU's own route is the batched one
+        self.parts_per_step = True
+
+    monkeypatch.setattr(train_module.Workspace, "__init__", per_step)
+    stepped = train(params, p, cfg)
+    for table in ("curves", "summary"):
+        a, b = getattr(batched, table), getattr(stepped, table)
+        for f in a:
+            np.testing.assert_array_equal(a[f], b[f], err_msg=f)
+    assert np.all(batched.summary["value_rel_final"] > 0) and np.all(batched.summary["deriv_rel_final"] > 0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
