@@ -45,6 +45,15 @@ if numba is not None:
     from numba.core import types
     from numba.extending import intrinsic
 
+    def _compare32(context, builder, sig, args):
+        """Loads the 32 entries ``flat[start:start + 32]`` (``args[:2]``) and compares them with
+        0: their pointer as a vector, the vector type and the <32 x i1> of ``> 0``."""
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        vector = ir.VectorType(context.get_value_type(sig.args[0].dtype), 32)
+        pointer = builder.bitcast(builder.gep(array.data, [args[1]]), vector.as_pointer())
+        greater = builder.fcmp_ordered(">", builder.load(pointer, align=1), ir.Constant(vector, None))
+        return pointer, vector, greater
+
     @intrinsic
     def _positive_mask32(typingctx, flat, start):  # pragma: no cover - compiled
         """The 32 bits ``flat[start + j] > 0`` as one uint32 (bit j): one vector compare and a
@@ -52,10 +61,7 @@ if numba is not None:
         ors over the entries would not vectorise. ``flat`` 1-D contiguous float, 32 entries from
         ``start`` in bounds."""
         def codegen(context, builder, sig, args):
-            array = context.make_array(sig.args[0])(context, builder, args[0])
-            vector = ir.VectorType(context.get_value_type(sig.args[0].dtype), 32)
-            pointer = builder.bitcast(builder.gep(array.data, [args[1]]), vector.as_pointer())
-            greater = builder.fcmp_ordered(">", builder.load(pointer, align=1), ir.Constant(vector, None))
+            _, _, greater = _compare32(context, builder, sig, args)
             return builder.bitcast(greater, ir.IntType(32))
         return types.uint32(flat, start), codegen
 
@@ -65,22 +71,16 @@ if numba is not None:
         row: ``a_r`` where positive, else ``a_r * 0.0`` (the signed zero that ``a_r * (z > 0)``
         gives), bit for bit what the row loop writes."""
         def codegen(context, builder, sig, args):
-            array = context.make_array(sig.args[0])(context, builder, args[0])
-            element = context.get_value_type(sig.args[0].dtype)
-            vector = ir.VectorType(element, 32)
-            pointer = builder.bitcast(builder.gep(array.data, [args[1]]), vector.as_pointer())
-            values = builder.load(pointer, align=1)
-            greater = builder.fcmp_ordered(">", values, ir.Constant(vector, None))
+            pointer, vector, greater = _compare32(context, builder, sig, args)
             a = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
-            off = builder.fmul(a, ir.Constant(element, 0.0))
+            off = builder.fmul(a, ir.Constant(vector.element, 0.0))
             lanes = ir.Constant(ir.VectorType(ir.IntType(32), 32), None)  # all lanes from element 0
-            on_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vector, ir.Undefined), a,
-                                                                 ir.Constant(ir.IntType(32), 0)),
-                                          ir.Constant(vector, ir.Undefined), lanes)
-            off_v = builder.shuffle_vector(builder.insert_element(ir.Constant(vector, ir.Undefined), off,
-                                                                  ir.Constant(ir.IntType(32), 0)),
-                                           ir.Constant(vector, ir.Undefined), lanes)
-            builder.store(builder.select(greater, on_v, off_v), pointer, align=1)
+
+            def splat(x):
+                first = builder.insert_element(ir.Constant(vector, ir.Undefined), x, ir.Constant(ir.IntType(32), 0))
+                return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined), lanes)
+
+            builder.store(builder.select(greater, splat(a), splat(off)), pointer, align=1)
             return builder.bitcast(greater, ir.IntType(32))
         return types.uint32(flat, start, a_r), codegen
 

@@ -7,11 +7,11 @@ The model counts what ``sobolev.train`` allocates (``D = d + 1`` with bias, ``N 
 - the caller's weights ``W, a`` (and ``b``): ``s (m D + m)``;
 - held for the whole run: the trained ``W``, its start ``W0`` and the result ``out_W``
   (``3 s m D``), ``a``, and the signed patterns ``a_r 1{w_r^T x_i > 0}`` of the current
-  step, of the previous step and of the last check, with two bytes per entry for the flip
-  counts (``3 s m n + 2 m n``: on the CPU the bits of the previous step and of the last
-  check, ``sobolev.kernels``, and the third pattern is the net change of a check; elsewhere
-  the bool indicator of the bits that changed, one byte: the model is ``m n`` bytes high
-  there; in frozen mode only the pattern of t = 0, which it steps with), plus ``H(0)``'s eigenvectors (``s N^2``), each step's
+  step, of the previous step and of the last check, with a byte per entry for the flip
+  counts (``3 s m n + m n``: off the CPU the bool indicator of the bits that changed; on the
+  CPU five arrays of the patterns' bits packed 32 to a word, ``sobolev.kernels``, 5/8 of a
+  byte, and the third pattern is the net change of a check; in frozen mode only the pattern
+  of t = 0, which it steps with), plus ``H(0)``'s eigenvectors (``s N^2``), each step's
   squared residuals between two checks (``s N c_e`` at ``check_every = c_e``) and O(n k d)
   buffers;
 - on top of that, the largest temporary: at a checkpoint the float64 ``H`` and the copy
@@ -51,8 +51,8 @@ def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode
     # squared residuals, losses and loss parts of the steps between two checks
     early = s * (m * D + m + m * n + n * n + N * (1 + check_every) + 2 * n * D + 2 * n * c + 3 * check_every + 1)
     # held once H(0) is decomposed: W0, out_W (and the spare and snapshot patterns with the
-    # bytes per entry of the flip counts), Q0, lam0, c0, flags and counters
-    late = s * (2 * m * D + N * N + 2 * N + 4) + (2 * s * m * n + 2 * m * n if relu else 0) + 8 * 4
+    # byte per entry of the flip counts), Q0, lam0, c0, flags and counters
+    late = s * (2 * m * D + N * N + 2 * N + 4) + (2 * s * m * n + m * n if relu else 0) + 8 * 4
     data = s * 4 * n * D * (c + 1)  # X, V, their stacked copies, targets
     start = (inputs + early + 16 * N * N, data + 16 * N * N)
     run = (inputs + early + late + max(16 * N * N, s * m * (D + 1)), data)

@@ -385,9 +385,9 @@ class ReluPatterns(PatternRule):
 
     Two pattern buffers trade places every step, and the bits that changed are counted per
     replica (exact integers). On the CPU that is one fused pass (``sobolev.kernels``) that
-    compares with a byte per entry of the previous pattern's bits and adds to the counter
-    itself, and the snapshot of the last check (net flips) is kept as bits too; elsewhere the
-    eager ops, where the previous pattern is overwritten in place by the indicator of the
+    compares with the previous pattern's bits, packed 32 to a word, and adds to the counter
+    itself; the patterns of the last check (net flips) and of t = 0 are kept as words too,
+    and the third pattern buffer holds a check's net change; elsewhere the eager ops, where the previous pattern is overwritten in place by the indicator of the
     changed bits (a float sum of 0/1 is exact below 2^24), except on the last step before a
     check, when the net count still reads it and the indicator goes to a bool buffer, and the
     snapshot is a third pattern buffer."""
@@ -414,7 +414,7 @@ class ReluPatterns(PatternRule):
 
     def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
         # views made once, not per step: the pattern GEMM over all replicas' rows
-        self.W2, self.a, self.a3 = W.view(-1, W.shape[2]), a, a[..., None]
+        self.W2, self.a3 = W.view(-1, W.shape[2]), a[..., None]
         self.current_T = self.current.transpose(1, 2)
         if self.fused:
             self.kernel = kernels.FusedPattern((self.current, self.spare), a, self.words, self.flips_gross,
@@ -439,10 +439,10 @@ class ReluPatterns(PatternRule):
     def net_since_check(self, W):
         # the net count compares the pattern of the interval's last step start, P(W_{s-1}),
         # with the previous check's: kept as it was recorded (the trajectory fixture)
-        last_used = self.spare
         if self.fused:  # from the words: dA is non-zero at the few changed bits only
             flips, dA = self.kernel.net_change(), self.dA
         else:
+            last_used = self.spare
             dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
         dG = dA.transpose(1, 2) @ W  # (R, n, D)
         jump = torch.bmm(self.V_rows, dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
@@ -599,7 +599,6 @@ class _Run:
         self.host = HostState.start(r0_sq, e0.double().pow(2).sum(1).cpu().numpy(),
                                     S0.double().pow(2).sum((1, 2)).cpu().numpy(), cfg.step_factor / self.lam0[:, -1])
         self.stops = Stops.empty(self.host)
-        # a residual part that starts at zero (k = 0: no derivatives) divides 0 by 0
         self.zero_start = not (np.all(self.host.e0_sq > 0) and np.all(self.host.S0_sq > 0))
         self.ws = Workspace(R, data)
         self.out_W = torch.empty_like(W)
@@ -611,6 +610,12 @@ class _Run:
         self.step = 0
         self.eta: torch.Tensor | None = None  # host.eta on the device
         self.checkpoint(np.arange(R), np.zeros(R, dtype=np.int64))
+
+    def _zero_start_divisions(self):
+        """The context of the divisions by a residual part at t = 0: where one starts at zero
+        (k = 0: no derivatives) 0/0 is expected; elsewhere no context (it costs as much as the
+        divisions)."""
+        return np.errstate(divide="ignore", invalid="ignore") if self.zero_start else contextlib.nullcontext()
 
     @property
     def active(self) -> bool:
@@ -671,8 +676,7 @@ class _Run:
         q[0], q[1:] = loss, parts.transpose(0, 2, 1)
         q[1:] *= 2
         start = np.stack([host.r0_sq / 2, host.e0_sq, host.S0_sq])[:, :, None]
-        # k = 0: no derivative residual, 0/0 (the context costs as much as the divisions)
-        with np.errstate(divide="ignore", invalid="ignore") if self.zero_start else contextlib.nullcontext():
+        with self._zero_start_divisions():
             q /= start
         rel = q[0]
         # masks of the steps that count; None where all do (no replica stopped, no row in the
@@ -727,8 +731,7 @@ class _Run:
         row = dict(replica=host.replica[sel], step=steps, t=t, eta=host.eta[sel], **self._measure(sel, ix, t))
         r0_sq, r_sq = host.r0_sq[sel], row["e_sq"] + row["S_sq"]
         bound = np.exp(-self.lam_star * t) * r0_sq
-        # k = 0: no derivative residual, 0/0 (the context costs as much as the divisions)
-        with np.errstate(divide="ignore", invalid="ignore") if self.zero_start else contextlib.nullcontext():
+        with self._zero_start_divisions():
             row.update(value_rel=row["e_sq"] / host.e0_sq[sel], deriv_rel=row["S_sq"] / host.S0_sq[sel])
         rel = r_sq / r0_sq
         rel_or_inf = np.where(np.isnan(rel), np.inf, rel)
