@@ -6,7 +6,7 @@ against the bare hot-loop step, side by side in one process.
 
 No replica stops (eps and the time budget out of reach). Figures:
 
-- loop overhead: ``train``'s own loop (``sobolev.train._Run``, the object ``train`` steps)
+- loop overhead: ``train``'s own loop (``sobolev.loop._Run``, the object ``train`` steps)
   runs check intervals of ``check_every`` steps, each timed on its own: the steps with the
   per-step flip count, the host reads, the per-step accounting of the losses (rate fit,
   interval extremes, value and derivative parts, the bound) and the net flip and jump count
@@ -39,7 +39,9 @@ import torch
 from bench_step import Project, Setup, sync
 
 from sobolev import TrainConfig, lambda_star
-from sobolev.train import Data, _Run, checkpoint_steps
+from sobolev.loop import _Run
+from sobolev.settings import checkpoint_steps
+from sobolev.state import Data
 
 CPU_SHAPES = [(32, 16, 4, m, 16) for m in (1024, 8192)]  # (n, d, k, m, R)
 CUDA_SHAPES = CPU_SHAPES + [(64, 32, 4, 8192, 256)]

@@ -24,9 +24,13 @@ import time
 import torch
 from torch.func import grad_and_value, jacrev, vmap
 
-from sobolev import Params, TrainConfig, gram, init_params, kernels, loss_and_grad, make_problem
+from sobolev import Params, TrainConfig, gram, init_params, loss_and_grad, make_problem
+from sobolev.fused import FusedReluPatterns
+from sobolev.patterns import signed_pattern
 from sobolev.problem import effective_data
-from sobolev.train import Data, LoopState, ReluPatterns, Workspace, signed_pattern
+from sobolev.rules import pattern_rule
+from sobolev.state import Data, LoopState
+from sobolev.step import Workspace
 
 CPU_SHAPES = [(32, 16, 4, m, R) for m in (1024, 8192) for R in (1, 16)]  # (n, d, k, m, R)
 CUDA_SHAPES = CPU_SHAPES + [(64, 32, 4, 8192, 256)]
@@ -58,7 +62,7 @@ class Impl:
 
 
 class Project(Impl):
-    """The hot loop of ``sobolev.train`` (``_Workspace.run``), timed as ``train`` calls it:
+    """The hot loop of ``train`` (``sobolev.step.Workspace.run``), timed as ``train`` calls it:
     ``check_every`` steps per call. Every replica stays live (the thresholds never trigger)."""
 
     name = "project (train hot loop)"
@@ -70,7 +74,8 @@ class Project(Impl):
         W, a = s.params.W.clone(), s.params.a.clone()
         Aa0 = signed_pattern(W, a, data.XT, torch.empty(R, m, len(s.X), dtype=dt, device=dev))
         self.ws = Workspace(R, data)
-        self.pattern = (ReluPatterns if count_flips else UncountedPatterns)(W, a, Aa0, data)
+        rule = pattern_rule("relu", dev)  # train's own rule on this device
+        self.pattern = (rule if count_flips else uncounted(rule))(W, a, Aa0, data)
         self.state = LoopState(W=W, a=a, live=torch.ones(R, dtype=dt, device=dev),
                                applied=torch.zeros(R, dtype=dt, device=dev),
                                loss_converged=torch.zeros(R, dtype=dt, device=dev),
@@ -89,21 +94,24 @@ class Project(Impl):
             self.ws.run(self.state, self.pattern, self.eta, min(chunk, n_steps - i))
 
 
-class UncountedPatterns(ReluPatterns):
-    """The relu pattern update without the per-step flip count: the bare step of
+def uncounted(rule):
+    """``rule`` (a relu pattern rule) without the per-step flip count: the bare step of
     ``bench_loop.py``, against which the loop's per-step diagnostics are timed. It takes the
     same route as ``train`` (fused on the CPU, through the views ``train``'s kernel binds once,
     eager ops elsewhere), less the count."""
 
-    def advance(self, keep: bool = False) -> None:
-        new = self.spare
-        torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
-        if self.fused:
-            kernels._pattern(self.kernel.views[id(new)], self.kernel.a)
-        else:
-            new.gt_(0).mul_(self.a3)
-        self.current, self.spare = new, self.current
-        self.current_T = new.transpose(1, 2)
+    class UncountedPatterns(rule):
+        def advance(self, keep: bool = False) -> None:
+            new = self.spare
+            torch.mm(self.W2, self.XT, out=new.view(-1, new.shape[2]))
+            if isinstance(self, FusedReluPatterns):
+                self.kernel.uncounted(new)
+            else:
+                new.gt_(0).mul_(self.a3)
+            self.current, self.spare = new, self.current
+            self.current_T = new.transpose(1, 2)
+
+    return UncountedPatterns
 
 
 class Allocating(Impl):

@@ -6,7 +6,7 @@
     SOBOLEV_OLD_PATH=/tmp/old PYTHONPATH=. python benchmarks/compare_loop.py ROUNDS THREADS
 
 Jobs: the old hot loop, the new one without and with the per-step flip count (``bench_step.Project``;
-on the CPU both take the fused pattern update of ``sobolev.kernels``, the first less the count),
+on the CPU both take the fused pattern update of ``sobolev.fused``, the first less the count),
 and ``train`` for L and 2L steps at one checkpoint per decade (same checkpoints), whose
 difference over L is the loop's cost per step."""
 import os, statistics, sys, time

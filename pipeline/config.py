@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 import torch
 
 from sobolev.problem import make_problem, max_separation
-from sobolev.train import TrainConfig
+from sobolev.settings import TrainConfig
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 
-from sobolev.train import TrainConfig
+from sobolev.settings import TrainConfig
 
 from .config import SweepConfig, non_default_settings
 from .schema import CELL_COLUMNS, TRAINING_COLUMNS, Cell, column_default

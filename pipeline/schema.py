@@ -23,7 +23,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from sobolev.train import CURVE_FIELDS, SUMMARY_FIELDS, TrainConfig
+from sobolev.record import CURVE_FIELDS, SUMMARY_FIELDS
+from sobolev.settings import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sobolev.train import TrainConfig
+from sobolev.settings import TrainConfig
 
 from .config import SweepConfig
 from .grid import base_cells, run_id, run_id_of_record, tasks_for

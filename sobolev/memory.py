@@ -1,7 +1,7 @@
 """How much memory a training task takes, to pack replicas onto a device.
 
 A task is ``init_params`` and ``train`` for ``R`` replicas of one cell ``(n, d, k, m)``.
-The model counts what ``sobolev.train`` allocates (``D = d + 1`` with bias, ``N = n (k+1)``,
+The model counts what ``sobolev.train`` (``sobolev.loop``) allocates (``D = d + 1`` with bias, ``N = n (k+1)``,
 ``s`` bytes per element), per replica:
 
 - the caller's weights ``W, a`` (and ``b``): ``s (m D + m)``;
@@ -9,7 +9,7 @@ The model counts what ``sobolev.train`` allocates (``D = d + 1`` with bias, ``N 
   (``3 s m D``), ``a``, and the signed patterns ``a_r 1{w_r^T x_i > 0}`` of the current
   step, of the previous step and of the last check, with a byte per entry for the flip
   counts (``3 s m n + m n``: off the CPU the bool indicator of the bits that changed; on the
-  CPU five arrays of the patterns' bits packed 32 to a word, ``sobolev.kernels``, 5/8 of a
+  CPU five arrays of the patterns' bits packed 32 to a word, ``sobolev.fused``, 5/8 of a
   byte, and the third pattern is the net change of a check; in frozen mode only the pattern
   of t = 0, which it steps with), plus ``H(0)``'s eigenvectors (``s N^2``), each step's
   squared residuals between two checks (``s N c_e`` at ``check_every = c_e``) and O(n k d)
@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import torch
 
-from .train import MODES, TrainConfig
+from .settings import MODES, TrainConfig
 
 
 def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode: str,
@@ -61,19 +61,45 @@ def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode
 
 def bytes_per_replica(n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
                       bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
-    """The bytes one more replica adds to the peak of a task (of more than a few replicas)."""
+    """The bytes one more replica adds to the peak of a task (of more than a few replicas).
+
+    Args:
+        n, d, k, m: the cell: points, input dimension, directions per point, width.
+        dtype: the working dtype.
+        bias, mode, check_every: the network variant and the training settings that change
+            what is allocated.
+
+    Returns:
+        Bytes per replica.
+    """
     return max(per for per, _ in _phases(n, d, k, m, dtype, bias, mode, check_every))
 
 
 def task_bytes(R: int, n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
                bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
-    """Peak bytes of a task training ``R`` replicas of the cell ``(n, d, k, m)``."""
+    """Peak bytes of a task training ``R`` replicas of the cell ``(n, d, k, m)``.
+
+    Args:
+        R: replicas trained together.
+        n, d, k, m, dtype, bias, mode, check_every: as for :func:`bytes_per_replica`.
+
+    Returns:
+        Bytes at the task's peak (the start or the run, whichever is larger).
+    """
     return max(R * per + fixed for per, fixed in _phases(n, d, k, m, dtype, bias, mode, check_every))
 
 
 def replicas_that_fit(budget_bytes: int, n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
                       bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
-    """The largest ``R`` with ``task_bytes(R, ...) <= budget_bytes`` (0 when not even one
-    replica fits)."""
+    """The most replicas of the cell ``(n, d, k, m)`` one task can train within a memory budget.
+
+    Args:
+        budget_bytes: the task's share of the device's memory.
+        n, d, k, m, dtype, bias, mode, check_every: as for :func:`bytes_per_replica`.
+
+    Returns:
+        The largest ``R`` with ``task_bytes(R, ...) <= budget_bytes`` (0 when not even one
+        replica fits).
+    """
     phases = _phases(n, d, k, m, dtype, bias, mode, check_every)
     return max(0, min(int((budget_bytes - fixed) // per) for per, fixed in phases))

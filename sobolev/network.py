@@ -71,7 +71,15 @@ class Params:
 
 
 def replica_seeds(seeds: int | Sequence[int], R: int) -> list[int]:
-    """``R`` seeds: a sequence as given, or ``seed, seed+1, ...`` from one int."""
+    """One seed per replica.
+
+    Args:
+        seeds: ``R`` seeds, or one int ``seed``.
+        R: the number of replicas.
+
+    Returns:
+        The sequence as given, or ``seed, seed+1, ..., seed+R-1``.
+    """
     if isinstance(seeds, int):
         return [seeds + j for j in range(R)]
     seeds = [int(s) for s in seeds]
@@ -87,6 +95,15 @@ def init_params(R: int, m: int, d: int, *, bias: bool = False, seeds: int | Sequ
     Replica ``j`` is drawn (in float64 on the CPU, then cast) from its own generator
     seeded with ``seeds[j]``, in the order W, a, b: the same seed gives the same replica
     alone or in a batch, and the bias and no-bias networks share ``W`` and ``a``.
+
+    Args:
+        R, m, d: replicas, width, input dimension.
+        bias: draw the biases ``b`` too.
+        seeds: one seed per replica, or the first of ``R`` consecutive ones.
+        dtype, device: of the returned tensors.
+
+    Returns:
+        ``Params`` with ``W`` (R, m, d), ``a`` (R, m) and ``b`` (R, m) or None.
     """
     if R < 1 or m < 1 or d < 1:
         raise ValueError(f"init_params: need R, m, d >= 1, got R={R}, m={m}, d={d}")
@@ -106,7 +123,9 @@ class Output(NamedTuple):
     F: torch.Tensor  # (R, n, k) directional derivatives V_i^T grad_x f
 
 
-def _check(params: Params, problem: Problem) -> None:
+def check_compatible(params: Params, problem: Problem) -> None:
+    """Raises ``ValueError`` (one line) unless ``params`` and ``problem`` share the network
+    variant, the input dimension, the dtype and the device."""
     if params.bias != problem.bias:
         raise ValueError(f"params.bias={params.bias} but problem.bias={problem.bias}: use matching variants")
     if params.d != problem.d:
@@ -131,8 +150,16 @@ def forward(params: Params, problem: Problem) -> Output:
     """``f(W, x_i)`` and ``F(W, x_i) = V_i^T grad_x f(W, x_i)`` for every replica.
 
     For the bias network these are ``g`` and ``V_i^T grad_x g`` (the true network's
-    derivatives, not divided by alpha)."""
-    _check(params, problem)
+    derivatives, not divided by alpha).
+
+    Args:
+        params: ``W`` (R, m, d), ``a`` (R, m), ``b`` (R, m) or None.
+        problem: ``x`` (n, d), ``V`` (n, d, k), of the same variant, dtype and device.
+
+    Returns:
+        ``Output(f, F)``: values ``f`` (R, n) and directional derivatives ``F`` (R, n, k).
+    """
+    check_compatible(params, problem)
     X, V, _, _, alpha = effective_data(problem)
     f, F, _ = _effective_forward(params.effective_W(), params.a, X, V)
     return Output(f, F * alpha)
@@ -147,8 +174,20 @@ class LossGrad(NamedTuple):
 def loss_and_grad(params: Params, problem: Problem) -> LossGrad:
     """The directional Sobolev loss (per replica) and its exact gradient
     ``dL/dw_r = a_r sum_i 1{w_r^T x_i > 0} [(f_i - y_i) x_i + V_i (F_i - h_i)]``
-    (on augmented data for the bias network, whose derivative residual is divided by alpha)."""
-    _check(params, problem)
+    (on augmented data for the bias network, whose derivative residual is divided by alpha).
+
+    The readable reference of the training step (``sobolev.step.Workspace``, tested equal).
+
+    Args:
+        params: ``W`` (R, m, d), ``a`` (R, m), ``b`` (R, m) or None.
+        problem: ``x`` (n, d), ``V`` (n, d, k), ``y`` (n,), ``h`` (n, k), of the same variant,
+            dtype and device.
+
+    Returns:
+        ``LossGrad(loss, grad_W, grad_b)``: the loss (R,) ``1/2 ||f - y||^2 + 1/2 ||F - h||^2``, its
+        gradient in ``W`` (R, m, d), and in ``b`` (R, m) for the bias network (else None).
+    """
+    check_compatible(params, problem)
     X, V, y, h, _ = effective_data(problem)
     f, F, Aa = _effective_forward(params.effective_W(), params.a, X, V)
     e, dF = f - y, F - h

@@ -21,7 +21,14 @@ def alpha_beta(k: int) -> tuple[float, float]:
 
     For k = 0 (values only, no derivative residual to rescale) ``alpha = 1/2`` as for k = 1:
     the paper's choice keeps ``k alpha <= 1/2``, which any alpha satisfies at k = 0, and 1/2
-    keeps the augmented inputs' geometry continuous in k."""
+    keeps the augmented inputs' geometry continuous in k.
+
+    Args:
+        k: directions per point.
+
+    Returns:
+        ``(alpha, beta)``.
+    """
     alpha = 1.0 / (2 * max(k, 1))
     return alpha, math.sqrt(1.0 - alpha * alpha)
 
@@ -134,6 +141,16 @@ class EffectiveData(NamedTuple):
 
 
 def effective_data(problem: Problem) -> EffectiveData:
+    """The no-bias view of ``problem``, which the networks and kernels compute on.
+
+    Args:
+        problem: the instance, ``x`` (n, d), ``V`` (n, d, k), ``y`` (n,), ``h`` (n, k).
+
+    Returns:
+        ``EffectiveData``: ``X`` (n, D), ``V`` (n, D, k), ``y`` (n,), ``h`` (n, k), ``alpha``;
+        ``D = d`` and the problem's own tensors without bias, ``D = d + 1``,
+        ``X = (alpha x, beta)``, ``V = [V; 0]`` and ``h / alpha`` with bias.
+    """
     if not problem.bias:
         return EffectiveData(problem.x, problem.V, problem.y, problem.h, 1.0)
     alpha, beta = alpha_beta(problem.k)
@@ -144,7 +161,16 @@ def effective_data(problem: Problem) -> EffectiveData:
 
 
 def separation(x: torch.Tensor, *, bias: bool) -> float:
-    """``min_{i != j} ||x_i - x_j||``, and with ``bias=False`` also ``||x_i + x_j||``."""
+    """The separation of unit points.
+
+    Args:
+        x: unit rows (n, d).
+        bias: ``True``: Assumption 2 (plain distances); ``False``: Assumption 1 (distances to
+            ``+-x_j``).
+
+    Returns:
+        ``min_{i != j} ||x_i - x_j||``, and with ``bias=False`` also over ``||x_i + x_j||``.
+    """
     x = x.double()
     n = x.shape[0]
     off = ~torch.eye(n, dtype=torch.bool, device=x.device)
@@ -161,6 +187,13 @@ def max_separation(n: int, d: int, *, bias: bool) -> float:
     ``n <= d+1``; Rankin's bound ``sqrt(2)`` beyond. Without bias (distances to
     ``+-x_j``): lines, so at most ``sqrt(2)`` (orthonormal points, ``n <= d``) and the
     Welch bound ``max |x_i^T x_j| >= sqrt((n-d)/(d(n-1)))`` beyond.
+
+    Args:
+        n, d: points and dimension.
+        bias: which separation (see :func:`separation`).
+
+    Returns:
+        The bound.
     """
     if bias:
         return math.sqrt(2 * n / (n - 1)) if n <= d + 1 else math.sqrt(2.0)
@@ -244,6 +277,19 @@ def make_problem(n: int, d: int, k: int, delta: float, *, bias: bool = False, ta
     Targets are scaled to unit mean square per entry, so ``gamma`` grows like
     ``sqrt(n)`` for both target kinds. Generated in float64 on the CPU from ``seed``,
     then cast, so the instance does not depend on ``dtype`` or ``device`` beyond rounding.
+
+    Args:
+        n, d, k: points, input dimension, directions per point (``0 <= k < d``).
+        delta: the separation ``delta_1`` (at most :func:`max_separation`).
+        bias: the network variant (and which separation).
+        target: ``'random'`` (Gaussian targets) or ``'teacher'`` (a wide tanh network's values
+            and derivatives).
+        seed: of the instance.
+        delta_2: ``|v_ij^T x_i|`` of every frame column (``< 1/k``).
+        dtype, device: of the returned tensors.
+
+    Returns:
+        ``Problem`` with ``x`` (n, d), ``V`` (n, d, k), ``y`` (n,), ``h`` (n, k).
     """
     if n < 2:
         raise ValueError(f"n={n}: need at least 2 points")

@@ -53,8 +53,8 @@ def test_a_defaulted_setting_added_in_one_place_reaches_yaml_parquet_mlflow_and_
     code = f'''
 import dataclasses, sys, typing
 sys.path[:0] = {sys.path!r}
-import sobolev.train
-T = sys.modules["sobolev.train"]  # the package exports the function train under the same name
+import sobolev.loop
+import sobolev.settings as T
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(T.TrainConfig):
@@ -64,7 +64,7 @@ T.TrainConfig = TrainConfig
 import sobolev
 sobolev.TrainConfig = TrainConfig
 seen = []
-real_train = T.train
+real_train = sobolev.loop.train
 def spy(params, problem, config, **kw):
     seen.append(config.warmup)
     return real_train(params, problem, config, **kw)

@@ -8,9 +8,10 @@ import torch
 
 from sobolev import Params, TrainConfig, forward, gram, init_params, lambda_star, loss_and_grad, make_problem, train
 from sobolev.problem import effective_data
-from sobolev.train import CURVE_FIELDS, MODES, PATTERN_RULES, SUMMARY_FIELDS, checkpoint_steps, train_config_fields
-
-train_module = sys.modules["sobolev.train"]  # the package exports the function under the same name
+from sobolev.patterns import PATTERN_RULES
+from sobolev.record import CURVE_FIELDS, SUMMARY_FIELDS
+from sobolev.settings import MODES, checkpoint_steps, train_config_fields
+from sobolev.step import Workspace
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -292,14 +293,14 @@ def test_loss_parts_summed_per_step_or_per_check_are_identical(monkeypatch, dtyp
     params = init_params(4, 64, 5, seeds=list(range(4)), dtype=torch.float64)
     cfg = TrainConfig(eps=1e-4, t_max=6.0, max_steps=300, check_every=7, dtype=dtype)
     batched = train(params, p, cfg)
-    init = train_module.Workspace.__init__
+    init = Workspace.__init__
 
     def per_step(self, *args):
         init(self, *args)
         assert not self.parts_per_step  # the CPU's own route is the batched one
         self.parts_per_step = True
 
-    monkeypatch.setattr(train_module.Workspace, "__init__", per_step)
+    monkeypatch.setattr(Workspace, "__init__", per_step)
     stepped = train(params, p, cfg)
     for table in ("curves", "summary"):
         a, b = getattr(batched, table), getattr(stepped, table)

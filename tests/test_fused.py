@@ -1,9 +1,16 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from sobolev import TrainConfig, init_params, kernels, make_problem, train
-from sobolev.train import Data, ReluPatterns, signed_pattern
+from sobolev import TrainConfig, init_params, make_problem, train
+from sobolev import fused as kernels  # the numba kernels of the fused route (local names "fused" are results)
+from sobolev.fused import FusedReluPatterns
+from sobolev.patterns import ReluPatterns, signed_pattern
+from sobolev.rules import pattern_rule
+from sobolev.state import Data
 
 
 def test_the_cpu_takes_the_fused_route_and_cuda_the_eager_one():
@@ -12,8 +19,9 @@ def test_the_cpu_takes_the_fused_route_and_cuda_the_eager_one():
     params = init_params(2, 8, 3, seeds=[0, 1])
     data = Data.of(p)
     Aa0 = signed_pattern(params.W, params.a, data.XT, torch.empty(2, 8, 4))
-    assert ReluPatterns(params.W.clone(), params.a, Aa0, data).fused
+    assert isinstance(pattern_rule("relu", Aa0.device)(params.W.clone(), params.a, Aa0, data), FusedReluPatterns)
     assert not kernels.fused_available(torch.device("cuda"))
+    assert pattern_rule("relu", torch.device("cuda")) is ReluPatterns
 
 
 def patterns(dtype, R=3, m=37, n=11, seed=0):
@@ -134,3 +142,18 @@ def test_train_is_identical_on_the_fused_and_the_eager_route(monkeypatch, dtype,
         for key in table_f:
             np.testing.assert_array_equal(table_f[key], table_e[key], err_msg=key)
     assert fused.summary["flips_gross_total"].sum() > 0
+
+
+def test_without_numba_the_eager_rule_runs_on_the_cpu():
+    """numba missing (its import fails): ``sobolev`` still imports, and ``train`` takes the eager rule."""
+    code = (f"import sys; sys.path[:0] = {sys.path!r}; sys.modules['numba'] = None\n"
+            "import torch\n"
+            "from sobolev import TrainConfig, init_params, make_problem, train\n"
+            "from sobolev.patterns import ReluPatterns\n"
+            "from sobolev.rules import pattern_rule\n"
+            "assert pattern_rule('relu', torch.device('cpu')) is ReluPatterns\n"
+            "res = train(init_params(2, 32, 4, seeds=[0, 1]), make_problem(4, 4, 1, 0.5), TrainConfig(max_steps=30))\n"
+            "assert res.summary['flips_gross_total'].sum() > 0\n"
+            "print('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -1,4 +1,5 @@
-"""The relu pattern update of the hot loop and the flip counts, as fused passes on the CPU (numba).
+"""The CPU's relu pattern rule (:class:`FusedReluPatterns`): the pattern update of the hot loop
+and the flip counts, as fused passes (numba).
 
 After each weight update the step turns the pre-activations ``z = W x`` (R, m, n) into the
 signed pattern ``a_r 1{z_ri > 0}`` and counts the bits that changed since the previous
@@ -17,7 +18,9 @@ the counts are integers. The net count of a check and its jump come from the wor
 the bits that differ from the last check's, and the difference of the two patterns written
 only there into a buffer that is zero otherwise (``FusedPattern.net_change``); the flips
 since t = 0 of a checkpoint are the bits that differ from the words of t = 0. On CUDA, or
-where numba is missing, ``sobolev.train`` runs the eager ops (``fused_available``).
+where numba is missing, the eager rule ``sobolev.patterns.ReluPatterns`` runs
+(``fused_available``). This module registers its rule on import (``sobolev.rules``); without
+it, the eager rule runs everywhere.
 
 No array expressions inside the ``parallel=True`` kernels: numba makes each one (an
 ``np.zeros``, a slice's ``sum``) a parallel region of its own, 1-3 us a launch, which cost
@@ -27,6 +30,9 @@ No array expressions inside the ``parallel=True`` kernels: numba makes each one 
 from __future__ import annotations
 
 import torch
+
+from .patterns import ReluPatterns, prefer
+from .state import move_rows
 
 try:
     import numba
@@ -196,7 +202,7 @@ if numba is not None:
 
 def _as_rows(t: torch.Tensor, what: str) -> "np.ndarray":
     if not t.is_contiguous():  # a reshape would copy and drop the writes
-        raise ValueError(f"sobolev.kernels: {what} must be contiguous")
+        raise ValueError(f"sobolev.fused: {what} must be contiguous")
     return t.numpy().reshape(-1, t.shape[-1]) if t.dim() > 1 else t.numpy()
 
 
@@ -253,6 +259,11 @@ class FusedPattern:
             np.copyto(self.used, self.words)
         _pattern_counted(self.views[id(z)], self.words, self.a, self.counts, self.block_chunks)
 
+    def uncounted(self, z: torch.Tensor) -> None:
+        """``z <- a_r 1{z > 0}`` in place, for one of the bound buffers, with no count and the
+        words left as they are (the bare step that ``benchmarks/bench_loop.py`` times against)."""
+        _pattern(self.views[id(z)], self.a)
+
     def net_change(self) -> "np.ndarray":
         """The bits at which the pattern the last ``keep`` step started from differs from the
         snapshot, per replica (int64 (R,)); ``dA`` is their difference (``+-a_r`` there, zero
@@ -280,3 +291,47 @@ def relu_pattern_(z_Rmn: torch.Tensor, a_Rm: torch.Tensor, words: torch.Tensor |
         _pattern(_as_rows(z_Rmn, "z"), _as_rows(a_Rm, "a").reshape(-1))
     else:
         FusedPattern((z_Rmn,), a_Rm, words, counts_R)(z_Rmn)
+
+
+class FusedReluPatterns(ReluPatterns):
+    """The relu rule on the CPU: the pattern update and every flip count from the fused passes
+    above. The bits of the current pattern, of the last check's and of t = 0 are kept as words
+    (``pattern_words``), and the third pattern buffer ``dA`` holds a check's net change (zero
+    between checks); the eager rule's bool and float count buffers are not allocated. Values
+    and counts are bit for bit the eager rule's (``tests/test_fused.py``)."""
+
+    @classmethod
+    def available(cls, device: torch.device) -> bool:
+        return fused_available(device)
+
+    def _start_counts(self, Aa0: torch.Tensor) -> None:
+        # the bits of the current pattern, of the last check's and of t = 0, 32 to a word
+        self.words = pattern_words(Aa0)
+        self.snapshot_words, self.start_words = self.words.clone(), self.words.clone()
+        self.dA = torch.zeros_like(Aa0)  # the net change of a check; zero between checks
+
+    def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
+        super().bind(W, a)
+        self.kernel = FusedPattern((self.current, self.spare), a, self.words, self.flips_gross,
+                                   self.snapshot_words, self.dA)
+
+    def _update(self, previous: torch.Tensor, new: torch.Tensor, keep: bool) -> None:
+        self.kernel(new, keep)
+
+    def net_since_check(self, W):
+        # from the words: dA is non-zero at the few changed bits only
+        flips = self.kernel.net_change()
+        jump = self._jump(self.dA, W)
+        self.kernel.clear()
+        return flips, jump.cpu().numpy()
+
+    def flipped_from_start(self, start, a):
+        return torch.from_numpy(self.kernel.differ(self.start_words)).double()
+
+    def drop(self, holes, movers, n_keep) -> None:
+        move_rows(self, holes, movers, n_keep, ("current", "flips_gross", "words", "snapshot_words", "start_words"))
+        self.dA = self.dA[:n_keep]
+        self.spare = self.spare[:n_keep]
+
+
+prefer("relu", FusedReluPatterns)
