@@ -7,7 +7,7 @@ override per call.
 
 from __future__ import annotations
 
-from pipeline.schema import TRAINING_COLUMNS
+from records.schema import TRAINING_COLUMNS
 
 # A threshold is a function of these (MATH.md: ``m*(n, k, delta_1, bias)``; ``delta`` is the
 # requested separation, the sweep's control variable).

@@ -14,6 +14,9 @@ from typing import Iterable, NamedTuple, Sequence
 import pandas as pd
 import pyarrow.dataset as ds
 
+from records.schema import TABLES
+from records.tables import read_table, table_files
+
 # Columns the analysis functions use, plus those a notebook needs to tell runs apart; the
 # loaders read these unless told otherwise.
 RUN_COLUMNS = (
@@ -47,12 +50,9 @@ def require_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> Non
 def _read(out: str | Path, table: str, columns: Sequence[str] | None,
           filter_expr: ds.Expression | None = None) -> pd.DataFrame:
     """Every finished Parquet file of ``<out>/<table>`` as one table, in the pipeline's schema
-    (``pipeline.schema``): files written before a column existed read with its documented default.
+    (``records.schema``): files written before a column existed read with its documented default.
     ``columns=None`` reads every column; one the schema does not know raises
     :class:`MissingColumnError`."""
-    from pipeline.results import read_table, table_files
-    from pipeline.schema import TABLES
-
     if not (Path(out) / table).is_dir():
         raise FileNotFoundError(f"no results directory {Path(out) / table}")
     if not table_files(Path(out), table):

@@ -21,6 +21,7 @@ from .floorlaw import fit_floor_law, floor_group_columns
 from .load import require_columns
 from .stats import cluster_percentile_interval
 from .success import UnjudgeableToleranceError, run_success, success_rates
+from .success import criteria as registered_criteria  # the parameter ``criteria`` takes the plain name
 from .thresholds import thresholds
 
 SENSITIVITY_EPS = (1e-2, 1e-3, 1e-4, 1e-5)
@@ -134,9 +135,7 @@ def sensitivity_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *,
     if unknown:
         raise ValueError(f"terms {unknown} unknown; choose from {sorted(EXPONENT_TERMS)}")
     if criteria is None:
-        from .success import criteria as registered
-
-        criteria = registered()
+        criteria = registered_criteria()
     horizons = sorted(runs["t_max"].unique()) if horizons is None else list(horizons)
     floor_cols = [] if floor_loss_col is None else [floor_loss_col] if isinstance(floor_loss_col, str) else list(floor_loss_col)
     rows = []

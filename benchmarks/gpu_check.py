@@ -32,7 +32,7 @@ def sweep(config: str, device: str) -> None:
     import pyarrow.compute as pc
 
     from pipeline.grid import plan
-    from pipeline.results import read_table
+    from records.tables import read_table
 
     data = yaml.safe_load(Path(config).read_text())
     gpu = device == "cuda"

@@ -1,16 +1,10 @@
 """The sweep pipeline: validated YAML grids, Ray fan-out, Parquet results, MLflow tracking.
 
-Submodules are imported on first use, so that ``pipeline.schema`` (and the analysis, which
-reads with it) can be imported without the driver's dependencies."""
+Above ``analysis`` and ``records`` (which read and write the results without it) and ``sobolev``;
+Ray and MLflow are imported only where a sweep uses them."""
 
-import importlib
+from .config import ConfigError, SweepConfig, load_config, parse_config
+from .driver import run_sweep
+from .session import SweepReport
 
-_EXPORTS = {"ConfigError": "config", "SweepConfig": "config", "load_config": "config", "parse_config": "config",
-            "SweepReport": "session", "run_sweep": "driver"}
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+__all__ = ["ConfigError", "SweepConfig", "load_config", "parse_config", "SweepReport", "run_sweep"]

@@ -9,12 +9,18 @@ import sys
 import tempfile
 from pathlib import Path
 
+from records.tables import MANIFEST, compact
+from sobolev import __version__
+
 from .config import ConfigError, load_config
 from .driver import SetupError, preflight, run_sweep
 from .estimate import estimate_lines
 from .lock import LockHeld, OutputLock
 from .logqueue import open_tracker
+from .search import run_search
+from .status import status_lines
 from .stop import DEFAULT_GRACE_S
+from .submit import submit
 from .tracking import TrackingError, check_reachable, check_uri, resolve_uri, sync
 
 EXIT_CODES = """exit codes:
@@ -73,8 +79,6 @@ def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True
 
 
 def _parser() -> argparse.ArgumentParser:
-    from sobolev import __version__
-
     p = _Parser(prog="python -m pipeline", description=__doc__, epilog=f"{EXIT_CODES}\n\n{EXAMPLES}",
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -124,15 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         return _compact(Path(args.out))
     try:
         if args.command == "submit":
-            from .submit import submit
-
             rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
             return submit(args.address, rest, wait=not args.no_wait)
         cfg = load_config(args.config)
         out = Path(args.out or cfg.output_dir())
         if args.command == "status":
-            from .status import status_lines
-
             print("\n".join(status_lines(cfg, out)))
             return 0
         if getattr(args, "tracking_uri", None):
@@ -182,8 +182,6 @@ def _sync(cfg, args, out: Path) -> int:
 
 
 def _search(cfg, args, out: Path) -> int:
-    from .search import run_search
-
     report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
                                address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
                                wait=args.wait, grace_s=args.grace)
@@ -196,8 +194,6 @@ def _search(cfg, args, out: Path) -> int:
 
 
 def _compact(out: Path) -> int:
-    from .results import MANIFEST, compact
-
     if not (out / MANIFEST).exists():
         print(f"error: compact: {out} is not a results directory (no {MANIFEST}); pass the --out of a sweep",
               file=sys.stderr)

@@ -23,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 import torch
 
+from analysis.success import criterion as success_criterion
+from records.identity import non_default_settings
 from sobolev.problem import make_problem, max_separation
 from sobolev.settings import TrainConfig
 
@@ -236,9 +238,7 @@ class Search(_Frozen):
     @field_validator("criterion")
     @classmethod
     def _criterion(cls, v):
-        from analysis.success import criterion
-
-        criterion(v)  # one line listing the known criteria if unknown
+        success_criterion(v)  # one line listing the known criteria if unknown
         return v
 
     @model_validator(mode="after")
@@ -369,11 +369,6 @@ class SweepConfig(_Frozen):
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.run_defining(), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def non_default_settings(settings: dict) -> dict:
-    """The training settings that differ from ``TrainConfig``'s defaults."""
-    return {f: v for f, v in settings.items() if v != _TRAINING_FIELDS[f][1]}
 
 
 def _one_line(exc: ValidationError) -> str:

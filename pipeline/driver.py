@@ -10,10 +10,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from records.tables import done_run_ids
+
 from .config import SweepConfig
 from .estimate import task_weights
 from .grid import plan
-from .results import done_run_ids
 from .session import SetupError, SweepReport, SweepSession, init_ray, preflight
 from .stop import DEFAULT_GRACE_S
 
@@ -41,7 +42,7 @@ def run_sweep(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: 
 
 
 def _fan_out(session: SweepSession, tasks, progress: bool) -> None:
-    from tqdm import tqdm
+    from tqdm import tqdm  # only a sweep that trains draws a bar: `--help` and `status` stay light
 
     # the bar counts estimated task-seconds, not runs, so its ETA weighs big tasks as they are
     work = task_weights(session.cfg, tasks)

@@ -23,13 +23,15 @@ from pathlib import Path
 
 import torch
 
-from sobolev import TrainConfig, make_problem
+from records.schema import Cell
 from sobolev.ntk import arccos_kernel, expand_kernel
-from sobolev.problem import effective_data
+from sobolev.problem import effective_data, make_problem
+from sobolev.settings import TrainConfig
 
 from .config import SweepConfig
 from .grid import TaskSpec, cells, plan
-from .schema import Cell
+from .task import execute
+from .widthsearch import ladder
 
 GPU_FLOPS = 20e12  # an assumed sustained float32 rate for one data-centre GPU on these GEMM shapes
 GPU_STEP_LATENCY = 100e-6  # kernel launches of one batched step: small shapes are latency-bound on a GPU
@@ -73,8 +75,6 @@ def run_flops(cell: Cell, tr: TrainConfig) -> tuple[float, int]:
 def _time_task(n: int, k: int, d: int, m: int, replicas: int, steps: int, cfg: SweepConfig) -> float:
     """Seconds of one real task (:func:`pipeline.task.execute`: the instance, lambda_*, training with
     its checkpoints, the records) that takes exactly ``steps`` steps."""
-    from .task import execute
-
     # no replica stops before its step budget
     train = dataclasses.replace(cfg.training_variants()[0], eps=1e-300, t_max=1e9, t_unit="absolute", max_steps=steps,
                                 step_factor=1.0, divergence_factor=1e30)
@@ -156,8 +156,6 @@ def task_weights(cfg: SweepConfig, tasks: list[TaskSpec]) -> dict[str, float]:
 
 def search_plan_config(cfg: SweepConfig) -> SweepConfig:
     """The grid a search could evaluate at most: every width of its ladder, every seed and extra seed."""
-    from .widthsearch import ladder
-
     s = cfg.search
     seeds = list(cfg.seeds.init) + list(range(max(cfg.seeds.init) + 1, max(cfg.seeds.init) + 1 + s.extra_seeds))
     grid = cfg.grid.model_copy(update=dict(m=list(ladder(s.m_min, s.m_max, s.resolution))))

@@ -1,10 +1,8 @@
 """From a sweep configuration to runs and tasks.
 
-A run is one (cell, data seed, training settings, initialisation seed). Its ``run_id`` is a
-versioned hash of an explicit key (:func:`run_key`): the cell, the seed, and the training
-settings that differ from ``TrainConfig``'s defaults. So the same run has the same id on any
-machine, in any sweep, grid or search, and adding a setting with a default keeps every
-existing id. A task is a batch of runs of one cell and setting trained together on one device.
+A run is one (cell, data seed, training settings, initialisation seed), identified by its
+``run_id`` (:mod:`records.identity`). A task is a batch of runs of one cell and setting trained
+together on one device.
 """
 
 from __future__ import annotations
@@ -12,37 +10,18 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import dataclass
 
+import psutil
+import torch
+
+from records.identity import run_id
+from records.schema import CELL_COLUMNS, TRAINING_COLUMNS, Cell
+from sobolev.memory import replicas_that_fit
 from sobolev.settings import TrainConfig
 
-from .config import SweepConfig, non_default_settings
-from .schema import CELL_COLUMNS, TRAINING_COLUMNS, Cell, column_default
-
-# 2: settings at their default and optional cell fields at theirs are left out of the key
-RUN_ID_VERSION = 2
-
-
-def run_key(cell: Cell, train: TrainConfig, seed: int) -> dict:
-    """What identifies a run: its cell (optional fields only when not at their default), its
-    initialisation seed, and its training settings that are not at their default."""
-    cell_fields = {f: v for f, v in asdict(cell).items() if v != column_default(f)}
-    return dict(cell_fields, **non_default_settings(asdict(train)), seed=int(seed), version=RUN_ID_VERSION)
-
-
-def run_id(cell: Cell, train: TrainConfig, seed: int) -> str:
-    return hashlib.sha256(json.dumps(run_key(cell, train, seed), sort_keys=True).encode()).hexdigest()[:20]
-
-
-def run_id_of_record(record: dict) -> str:
-    """The current ``run_id`` of a runs-table row, from its recorded cell, seed and settings (a
-    row written by an older version may carry an older id; columns it lacks take their default)."""
-    def value(f):
-        v = record.get(f)
-        return column_default(f) if v is None else v
-
-    cell = Cell(**{f: value(f) for f in CELL_COLUMNS if f != "seed"})
-    return run_id(cell, TrainConfig(**{f: value(f) for f in TRAINING_COLUMNS}), value("seed"))
+from .config import SweepConfig
 
 
 def task_of_record(record: dict) -> "TaskSpec":
@@ -92,10 +71,6 @@ def replicas_per_task(cfg: SweepConfig, cell: Cell, train: TrainConfig) -> int:
     """Seeds per task: as configured, or as many as fit the memory budget (``auto``)."""
     if cfg.resources.replicas_per_task != "auto":
         return cfg.resources.replicas_per_task
-    import torch
-
-    from sobolev.memory import replicas_that_fit
-
     budget = (cfg.resources.memory_budget_gb * 2**30 if cfg.resources.memory_budget_gb
               else default_budget_bytes(cfg.resources.num_cpus, cfg.resources.num_gpus))
     fit = replicas_that_fit(int(budget), cell.n, cell.d, cell.k, cell.m, getattr(torch, train.dtype),
@@ -106,11 +81,6 @@ def replicas_per_task(cfg: SweepConfig, cell: Cell, train: TrainConfig) -> int:
 def default_budget_bytes(num_cpus: float, num_gpus: float) -> float:
     """A task's share of a device: 80% of the GPU memory it is given (that of the driver's first
     GPU, else 16 GiB per GPU), or half of the host memory per CPU times its CPUs."""
-    import os
-
-    import psutil
-    import torch
-
     if num_gpus > 0:
         total = torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 16 * 2**30
         return 0.8 * total * min(num_gpus, 1.0)

@@ -8,7 +8,7 @@ refused, and cleared on a clean release; a record still there when the lock is f
 holder that died, whose lock is taken over with a notice.
 
 Holding the lock, nobody else writes the directory, so the hidden temporary files of a killed
-write (``results._atomic_write``'s ``.<name>.<pid>.tmp``) are removed at once.
+write (``records.tables.atomic_write``'s ``.<name>.<pid>.tmp``) are removed at once.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ class LockHeld(RuntimeError):
     """Another live process holds the output (one line: who, and the way out)."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -101,7 +101,7 @@ class OutputLock:
         if previous:
             self.took_over = previous
             gone = (previous.get("host") == socket.gethostname() and isinstance(previous.get("pid"), int)
-                    and not _pid_alive(previous["pid"]))
+                    and not pid_alive(previous["pid"]))
             why = "that process is gone" if gone else "it no longer holds the lock"
             print(f"notice: taking over the lock of {self.out} from {describe(previous)}: {why}", file=self.stream,
                   flush=True)

@@ -26,7 +26,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .lock import _pid_alive, store_creation_lock
+from .errors import one_line
+from .lock import pid_alive, store_creation_lock
+from .tracking import Tracker
 
 # MLflow reads these at every request; a user's own setting wins
 HTTP_LIMITS = dict(MLFLOW_HTTP_REQUEST_TIMEOUT="10", MLFLOW_HTTP_REQUEST_MAX_RETRIES="2",
@@ -51,23 +53,16 @@ def degrade_after_s() -> float:
     return (retries + 1) * timeout + sum(min(120.0, factor * 2 ** i) + jitter for i in range(retries))
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
-
-
 def open_tracker(uri: str, experiment: str, sweep: str, commit: str, params: dict, out: Path | None = None,
                  workers: int | None = None) -> "LoggingThread":
     """A Tracker (store creation serialised, calls bounded), its stale parents reaped, in a thread."""
-    from .tracking import Tracker
-
     bound_http_calls()
     with store_creation_lock(uri):
         try:
             tracker = Tracker(uri, experiment, sweep, commit, params=params)
         except Exception as exc:  # noqa: BLE001 - re-raised with what happened
             if "OperationalError" in type(exc).__name__ + repr(exc):
-                raise RuntimeError(f"the SQLite store {uri} could not be opened ({_one_line(exc)}): another process "
+                raise RuntimeError(f"the SQLite store {uri} could not be opened ({one_line(exc)}): another process "
                                    f"may be writing it without this version's lock; run again") from None
             raise
     return LoggingThread(tracker, out=out, workers=workers)
@@ -101,7 +96,7 @@ class Guard:
         if self.out and tags.get("driver.out") == self.out:
             return f"it wrote {self.out}, which this driver now holds the lock of"
         pid = int(tags["driver.pid"])
-        if tags.get("driver.host") == self.host and not _pid_alive(pid):
+        if tags.get("driver.host") == self.host and not pid_alive(pid):
             return f"its driver (pid {pid} on {self.host}) is gone"
         age = time.time() - float(tags.get("driver.heartbeat", 0))
         if age > STALE_AFTER_S:
@@ -166,7 +161,7 @@ class Guard:
 
 
 def _tags(**kv):
-    from mlflow.entities import RunTag
+    from mlflow.entities import RunTag  # MLflow only where it is used (tracking.Tracker.__init__ says why)
 
     return [RunTag(k, str(v)) for k, v in kv.items()]
 
@@ -231,7 +226,7 @@ class LoggingThread:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
             if self.error is None:
-                self.error = _one_line(exc)
+                self.error = one_line(exc)
                 print(f"warning: MLflow logging failed ({self.error}); going on with Parquet only", file=sys.stderr,
                       flush=True)
         finally:

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .grid import TaskSpec
+from .task import execute
 
 
 def _remote_execute(task: TaskSpec, num_cpus: float, commit: str) -> dict:
-    import ray
-    import torch
-
-    from .task import execute
+    import ray  # (here and below) Ray takes seconds to import: only a sweep that trains needs it
 
     torch.set_num_threads(max(1, int(num_cpus)))
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"

@@ -20,21 +20,23 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from analysis.defaults import ABOVE, BELOW
+from analysis.success import criterion
+from records.identity import run_id, run_id_of_record
+from records.schema import THRESHOLDS_SCHEMA, Cell
+from records.tables import atomic_write, read_table
 from sobolev.settings import TrainConfig
 
 from .config import SweepConfig
-from .grid import base_cells, run_id, run_id_of_record, tasks_for
-from .results import _atomic_write, read_table
-from .schema import THRESHOLDS_SCHEMA, Cell
-from .session import SweepReport, SweepSession, one_line
+from .errors import one_line
+from .grid import base_cells, tasks_for
+from .session import SweepReport, SweepSession
 from .stop import DEFAULT_GRACE_S
 from .widthsearch import WidthSearch, ladder
 
 
 def seed_successes(cfg: SweepConfig, runs: list[dict], curves: pd.DataFrame | None) -> dict[int, bool]:
     """seed -> success under the search's criterion, for the runs of one cell and width."""
-    from analysis.success import criterion
-
     df = pd.DataFrame(runs)
     ok = criterion(cfg.search.criterion).judge(df, curves, cfg.search.eps)
     return dict(zip(df["seed"].astype(int), ok.astype(bool)))
@@ -99,8 +101,6 @@ class _Searches:
 
 
 def criterion_needs_curves(cfg: SweepConfig) -> bool:
-    from analysis.success import criterion
-
     return criterion(cfg.search.criterion).needs_curves
 
 
@@ -110,7 +110,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
                grace_s: float = DEFAULT_GRACE_S) -> tuple[SweepReport, pd.DataFrame]:
     if cfg.search is None:
         raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
-    from tqdm import tqdm
+    from tqdm import tqdm  # only a search that trains draws a bar: `--help` and `status` stay light
 
     session = SweepSession(cfg, "search", out=out, tracking_uri=tracking_uri, mlflow=mlflow, address=address,
                            num_cpus=num_cpus, wait=wait, grace_s=grace_s)
@@ -149,13 +149,11 @@ def write_thresholds(out: Path, cfg: SweepConfig, table: pd.DataFrame) -> Path:
     s = cfg.search
     path = out / "thresholds" / f"search-{s.criterion}-eps{s.eps:g}-m{s.m_min}-{s.m_max}-r{s.resolution}.parquet"
     path.parent.mkdir(exist_ok=True)
-    _atomic_write(pa.Table.from_pandas(table, schema=THRESHOLDS_SCHEMA, preserve_index=False), path)
+    atomic_write(pa.Table.from_pandas(table, schema=THRESHOLDS_SCHEMA, preserve_index=False), path)
     return path
 
 
 def thresholds_table(cfg: SweepConfig, state: _Searches) -> pd.DataFrame:
-    from analysis.defaults import ABOVE, BELOW
-
     rows = []
     for (c, train), search in state.searches.items():
         r = search.result()

@@ -19,12 +19,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from records.tables import (ResultsError, archive, check_manifest, prepare, quarantine_corrupt, recover_compaction,
+                            write_task)
+
 from .config import SweepConfig
+from .errors import one_line
 from .grid import TaskSpec
-from .results import (ResultsError, archive, check_manifest, prepare, quarantine_corrupt, recover_compaction,
-                      write_task)
 from .lock import OutputLock
 from .logqueue import open_tracker
+from .pool import TaskPool
 from .stop import DEFAULT_GRACE_S, GracefulStop
 from .tracking import TrackingError, check_reachable, resolve_uri, runs_link, sync
 
@@ -142,7 +145,7 @@ def tracking_uri_of(cfg: SweepConfig, tracking_uri: str | None, mlflow: bool) ->
 def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
     """Connect to ``address`` (or ``RAY_ADDRESS``, as under ``ray job submit``), else start
     an embedded local Ray."""
-    import ray
+    import ray  # Ray takes seconds to import: only a sweep that trains needs it
 
     if ray.is_initialized():
         return
@@ -154,11 +157,6 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         # which a `ray start` cluster that died without `ray stop` leaves behind (a hang, or with
         # num_cpus a crash)
         ray.init(address="local", log_to_driver=True, include_dashboard=False, num_cpus=num_cpus or None)
-
-
-def one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1][:200] if lines else ''}"
 
 
 class SweepSession:
@@ -235,8 +233,6 @@ class SweepSession:
     @property
     def pool(self):
         if self._pool is None:
-            from .pool import TaskPool
-
             address, num_cpus, window = self._ray
             init_ray(address, num_cpus)
             self._pool = TaskPool(self.cfg.resources, self.commit, window)

@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from records.identity import run_id_of_record
+from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
+from records.tables import read_table
+
 from .config import SweepConfig
-from .grid import plan, run_id_of_record
-from .results import read_table
-from .schema import CELL_COLUMNS, TRAINING_COLUMNS
+from .grid import plan
 
 
 def cell_status(cfg: SweepConfig, out: Path) -> pd.DataFrame:

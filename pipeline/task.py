@@ -22,11 +22,11 @@ import numpy as np
 import torch
 
 import sobolev
+from records.schema import CURVE_COLUMNS, INSTANCE_COLUMNS
 from sobolev import init_params, lambda_star, make_problem, theory, train
 from sobolev.problem import alpha_beta
 
 from .grid import TaskSpec
-from .schema import CURVE_COLUMNS, INSTANCE_COLUMNS
 
 
 def _test_hooks(task: TaskSpec) -> None:

@@ -17,6 +17,7 @@ refilled from Parquet (:func:`sync`), never the other way round.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import os
 import threading
@@ -26,7 +27,11 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .schema import CELL_COLUMNS, TRAINING_COLUMNS
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
+from records.tables import read_table
 
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
 TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
@@ -100,8 +105,6 @@ def chart_link(uri: str, experiment_id: str, run_ids: list[str],
                keys: tuple[str, ...] = ("curve.rel_loss", "curve.bound_rel")) -> str:
     """MLflow's metric page for ``run_ids``: ``keys`` against "Relative time" (= t lambda_*, see
     :func:`child_metrics`) on a log scale (the UI's own route, ``Utils.getMetricPageRoute``)."""
-    import json
-
     q = urllib.parse.quote
     return (f"{uri.rstrip('/')}/#/metric?runs={q(json.dumps(run_ids))}&metric={q(json.dumps(keys[0]))}"
             f"&experiments={q(json.dumps([experiment_id]))}&plot_metric_keys={q(json.dumps(list(keys)))}"
@@ -163,6 +166,8 @@ class Tracker:
     def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # else two lines per run
+        # MLflow takes a second or more to import: only where it is used (here, in _batch and in
+        # logqueue._tags), so that `--help`, `status` and `--no-mlflow` sweeps stay light
         from mlflow.tracking import MlflowClient
 
         check_uri(uri)
@@ -214,7 +219,7 @@ class Tracker:
             self.client.log_text(self.parent_id, text, name)
 
     def _batch(self, mlflow_id: str, metrics=(), params=None, tags=None) -> None:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param, RunTag  # as in __init__: MLflow only where it is used
 
         params = [Param(k, str(v)) for k, v in (params or {}).items()]
         tags = [RunTag(k, str(v)) for k, v in (tags or {}).items()]
@@ -288,10 +293,6 @@ class Tracker:
 
 def sync(tracker: Tracker, out: Path) -> int:
     """Log every run that is in Parquet but not yet in MLflow; return how many."""
-    import pyarrow.compute as pc
-
-    from .results import read_table
-
     runs = read_table(out, "runs")
     missing = set(runs.column("run_id").to_pylist()) - tracker.logged_run_ids()
     if not missing:
@@ -305,6 +306,4 @@ def sync(tracker: Tracker, out: Path) -> int:
 
 
 def pa_set(values):
-    import pyarrow as pa
-
     return pa.array(sorted(values), type=pa.string())

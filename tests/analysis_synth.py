@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import special
 
-from pipeline.schema import CURVES_SCHEMA as CURVE_SCHEMA
-from pipeline.schema import RUNS_SCHEMA as RUN_SCHEMA
+from records.schema import CURVES_SCHEMA as CURVE_SCHEMA
+from records.schema import RUNS_SCHEMA as RUN_SCHEMA
 
 # Tolerances of the analysis tests, in one place.
 TOL = {

@@ -5,7 +5,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from analysis.fits import fit_exponents
-from pipeline.schema import RUNS_SCHEMA as RUN_SCHEMA
+from records.schema import RUNS_SCHEMA as RUN_SCHEMA
 from analysis.load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, load_curves, load_results,
                            load_runs)
 from analysis.success import run_success, success_rates

@@ -149,7 +149,7 @@ def test_help_version_every_option_explained():
 
 def test_status_per_cell_and_search_dry_run(tmp_path):
     from pipeline.grid import plan
-    from pipeline.results import prepare, write_task
+    from records.tables import prepare, write_task
     from pipeline.task import execute
 
     data = tiny_dict(grid=dict(n=[4], m=[16, 32], bias=[False]),

@@ -58,7 +58,7 @@ def test_lock_refuses_names_holder_waits_and_takes_over_a_dead_holders_lock(tmp_
         holder.wait()
     assert json.loads((out / LOCK_NAME).read_text())["pid"] == holder.pid
     (out / "runs").mkdir()
-    leftover = out / "runs" / ".t1.parquet.4242.tmp"  # what results._atomic_write leaves when killed
+    leftover = out / "runs" / ".t1.parquet.4242.tmp"  # what records.tables.atomic_write leaves when killed
     leftover.write_bytes(b"half")
     kept = out / "runs" / "t0.parquet"
     kept.write_bytes(b"x")
@@ -248,7 +248,7 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     assert driver.returncode == 143, text[-3000:]
     assert "SIGTERM received: submitting no more tasks" in text
     at_stop = set(trained(tmp_path))
-    from pipeline.results import done_run_ids
+    from records.tables import done_run_ids
 
     landed = done_run_ids(out)
     assert landed == at_stop and 0 < len(landed) < len(ids), "not mid-sweep, or a finished task was not written"

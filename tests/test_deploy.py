@@ -12,8 +12,8 @@ import zipfile
 from pathlib import Path
 
 from pipeline.grid import plan
-from pipeline.results import read_table
 from pipeline_helpers import mlflow_children, start_head, stop_cluster, tiny_config, tiny_dict, write_yaml
+from records.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]
 

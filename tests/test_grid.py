@@ -1,8 +1,9 @@
 import subprocess
 import sys
 
-from pipeline.grid import cells, plan, run_id, run_id_of_record
+from pipeline.grid import cells, plan
 from pipeline_helpers import tiny_config
+from records.identity import run_id, run_id_of_record
 
 
 def test_plan_covers_grid_once_and_skips_done():
@@ -31,7 +32,7 @@ def test_run_id_same_in_another_process():
     cfg = tiny_config()
     cell = cells(cfg)[0]
     here = run_id(cell, cfg.training_variants()[0], 2)
-    code = ("from pipeline.grid import cells, run_id; from pipeline_helpers import tiny_config; "
+    code = ("from pipeline.grid import cells; from records.identity import run_id; from pipeline_helpers import tiny_config; "
             "c = tiny_config(); print(run_id(cells(c)[0], c.training_variants()[0], 2))")
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                            env={"PYTHONPATH": ":".join(sys.path), "PYTHONHASHSEED": "123"}).stdout.strip()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import load_config
-from pipeline.grid import plan, run_id_of_record
-from pipeline.results import done_run_ids, read_table
+from pipeline.grid import plan
+from records.identity import run_id_of_record
+from records.tables import done_run_ids, read_table
 
 FIXTURE = Path(__file__).parent / "fixtures"
 
@@ -72,9 +73,10 @@ import pipeline.task
 pipeline.task.train = spy
 
 from pipeline.config import load_config, parse_config
-from pipeline.grid import plan, run_id_of_record
-from pipeline.results import done_run_ids
-from pipeline.schema import RUNS_SCHEMA
+from pipeline.grid import plan
+from records.identity import run_id_of_record
+from records.tables import done_run_ids
+from records.schema import RUNS_SCHEMA
 from pipeline.tracking import PARAM_FIELDS
 from pipeline.task import execute
 import yaml
@@ -92,7 +94,7 @@ assert ids.isdisjoint({{r for t in plan(cfg)[0] for r in t.run_ids}}), "a non-de
 result = execute(plan(other)[0][0])
 rec = result["runs"][0]
 assert rec["warmup"] == 0.5 and seen == [0.5] and run_id_of_record(rec) == rec["run_id"]
-from pipeline.results import read_table, write_task
+from records.tables import read_table, write_task
 from pathlib import Path
 out = Path("{tmp_path}")
 for t in ("runs", "curves"):

@@ -9,9 +9,10 @@ import pytest
 
 from pipeline.driver import run_sweep
 from pipeline.grid import plan
-from pipeline.results import CURVES_SCHEMA, RUNS_SCHEMA, read_table
 from pipeline.tracking import PARAM_FIELDS
 from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
+from records.schema import CURVES_SCHEMA, RUNS_SCHEMA
+from records.tables import read_table
 
 
 def work_done(work_log, since: int) -> list[str]:

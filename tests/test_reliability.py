@@ -29,10 +29,11 @@ import pytest
 from pipeline.config import parse_config
 from pipeline.driver import run_sweep
 from pipeline.grid import plan
-from pipeline.results import TABLES, done_run_ids, prepare, read_table, write_task
 from pipeline.task import execute
 from pipeline.tracking import PARAM_FIELDS, Tracker
 from pipeline_helpers import free_port, mlflow_children, tiny_dict, wait_http, write_yaml
+from records.schema import TABLES
+from records.tables import done_run_ids, prepare, read_table, write_task
 
 DEADLINE = 240  # seconds any one sweep may take here before the test gives up
 
@@ -257,7 +258,7 @@ import psutil, ray
 from ray.cluster_utils import Cluster
 from pipeline.config import load_config
 from pipeline.driver import run_sweep
-from pipeline.results import done_run_ids
+from records.tables import done_run_ids
 
 cfg_path, out, uri = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
 cluster = Cluster(initialize_head=True, head_node_args=dict(num_cpus=1))

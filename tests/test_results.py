@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.grid import plan
-from pipeline.results import (CURVES_SCHEMA, RUNS_SCHEMA, ResultsError, done_run_ids, prepare, quarantine_corrupt,
-                              read_table, write_task)
 from pipeline.task import execute
 from pipeline_helpers import tiny_config
+from records.schema import CURVES_SCHEMA, RUNS_SCHEMA
+from records.tables import ResultsError, done_run_ids, prepare, quarantine_corrupt, read_table, write_task
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_empty_results_read_as_empty_tables(tmp_path):
 
 
 def _three_tasks(tmp_path):
-    from pipeline.results import table_files
+    from records.tables import table_files
 
     cfg = tiny_config(grid=dict(n=[4], m=[16, 64], bias=[False]), training=dict(max_steps=20))
     prepare(tmp_path, cfg.fingerprint(), cfg.name)
@@ -111,7 +111,7 @@ def _three_tasks(tmp_path):
 
 def test_compact_merges_files_keeping_every_row_once_and_resume(tmp_path):
     from pipeline.cli import main
-    from pipeline.results import table_files
+    from records.tables import table_files
 
     cfg, ids = _three_tasks(tmp_path)
     keys = {"runs": ["run_id"], "curves": ["run_id", "step"]}
@@ -128,14 +128,14 @@ def test_compact_merges_files_keeping_every_row_once_and_resume(tmp_path):
 
 @pytest.mark.parametrize("cut_after", ["curves", "runs"])
 def test_interrupted_compaction_is_undone_or_finished(tmp_path, cut_after):
-    from pipeline.results import COMPACT_JOURNAL, _atomic_write, recover_compaction, table_files
+    from records.tables import COMPACT_JOURNAL, atomic_write, recover_compaction, table_files
 
     _, ids = _three_tasks(tmp_path)
     sources = {t: [f.name for f in table_files(tmp_path, t)] for t in ("runs", "curves")}
     # replay compact() by hand up to the cut: the journal, then the merged file(s) written so far
     (tmp_path / COMPACT_JOURNAL).write_text(json.dumps(dict(target="compact-x.parquet", sources=sources)))
     for t in ("curves", "runs")[: 1 if cut_after == "curves" else 2]:
-        _atomic_write(read_table(tmp_path, t), tmp_path / t / "compact-x.parquet")
+        atomic_write(read_table(tmp_path, t), tmp_path / t / "compact-x.parquet")
     note = recover_compaction(tmp_path)
     assert ("undid" if cut_after == "curves" else "finished") in note
     runs = read_table(tmp_path, "runs").column("run_id").to_pylist()

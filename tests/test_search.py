@@ -8,9 +8,9 @@ import pyarrow.parquet as pq
 
 from analysis import load_results, run_success, success_rates, thresholds
 from pipeline.driver import run_sweep
-from pipeline.results import read_table
 from pipeline.search import run_search
 from pipeline_helpers import tiny_config
+from records.tables import read_table
 
 
 def search_config(m=(16,)):

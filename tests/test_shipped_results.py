@@ -11,9 +11,9 @@ import pyarrow as pa
 import pytest
 
 from pipeline.grid import task_of_record
-from pipeline.results import read_table
-from pipeline.schema import RUNS_SCHEMA, conform
 from pipeline.task import execute
+from records.schema import RUNS_SCHEMA, conform
+from records.tables import read_table
 
 STUDY = Path(__file__).parents[1] / "results" / "cpu_study"
 VOLATILE = {"wall_time", "task_wall_time", "created_at", "git_commit", "device"}  # when, where, which commit

@@ -8,9 +8,9 @@ import math
 import pytest
 
 from pipeline.driver import run_sweep
-from pipeline.results import read_table
 from pipeline.tracking import EXPERIMENT_KIND, child_run_name, child_times, runs_link
 from pipeline_helpers import mlflow_children, tiny_config
+from records.tables import read_table
 
 
 def parents(client, exp_id):

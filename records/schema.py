@@ -2,13 +2,13 @@
 
 - the problem cell (:class:`Cell`) and the seed,
 - the training settings (the fields of :class:`sobolev.TrainConfig`),
-- the training summary and curves (``sobolev.train.SUMMARY_FIELDS`` / ``CURVE_FIELDS``),
+- the training summary and curves (``sobolev.record.SUMMARY_FIELDS`` / ``CURVE_FIELDS``),
 - the instance's measured quantities and the theory's numbers (:data:`INSTANCE_COLUMNS`),
 - provenance (:data:`PROVENANCE_COLUMNS`).
 
 The pipeline writes with these schemas, the analysis reads with them, and the tests build
-their synthetic tables from them. Importing this module needs pyarrow and torch (through
-``sobolev``), not Ray, MLflow or pandas.
+their synthetic tables from them. Importing this module needs pyarrow and numpy (through
+``sobolev.settings`` and ``sobolev.record``), not torch, Ray, MLflow or pandas.
 
 A results directory written before a column existed still reads: :func:`conform` fills the
 missing column with its documented default (:func:`column_default`): a training setting with
@@ -85,6 +85,7 @@ THRESHOLD_COLUMNS: dict[str, type] = {
 
 
 def arrow_schema(columns: dict[str, type]) -> pa.Schema:
+    """The Arrow schema of ``columns`` (name -> ``str``, ``int``, ``float`` or ``bool``), in order."""
     return pa.schema([(name, _ARROW[t]) for name, t in columns.items()])
 
 
@@ -93,14 +94,14 @@ CURVES_SCHEMA = arrow_schema(CURVE_COLUMNS)
 THRESHOLDS_SCHEMA = arrow_schema(THRESHOLD_COLUMNS)
 TABLES = {"runs": RUNS_SCHEMA, "curves": CURVES_SCHEMA}
 
-_TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+TRAINING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 _CELL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Cell) if f.default is not dataclasses.MISSING}
 
 
 def column_default(name: str):
     """The value a column takes in a file written before it existed: a training setting or an
     optional cell field its default (what the older code did), anything else null."""
-    return _TRAINING_DEFAULTS.get(name, _CELL_DEFAULTS.get(name))
+    return TRAINING_DEFAULTS.get(name, _CELL_DEFAULTS.get(name))
 
 
 # Columns renamed since results were first written: old name -> current name.

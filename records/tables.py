@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .schema import CURVES_SCHEMA, RUNS_SCHEMA, TABLES, conform
+from .identity import run_id_of_record
+from .schema import CELL_COLUMNS, CURVES_SCHEMA, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
 
 MANIFEST = "sweep.json"
 QUARANTINE = "_corrupt"
@@ -26,7 +26,9 @@ class ResultsError(ValueError):
     """A results directory that cannot be used as it is (one line: what and the fix)."""
 
 
-def _atomic_write(table: pa.Table, path: Path, compression: str = "snappy") -> None:
+def atomic_write(table: pa.Table, path: Path, compression: str = "snappy") -> None:
+    """``table`` as the Parquet file ``path``, whole or not at all: written under a dot-prefixed
+    temporary name (which readers skip), synced, then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     pq.write_table(table, tmp, compression=compression)
     with open(tmp, "rb") as fh:
@@ -37,8 +39,8 @@ def _atomic_write(table: pa.Table, path: Path, compression: str = "snappy") -> N
 def write_task(out: Path, task_id: str, runs: list[dict], curves: dict[str, list]) -> None:
     """Both tables of one finished task; curves first, so a run row never exists without
     its curves (the runs table is what resume reads)."""
-    _atomic_write(pa.Table.from_pydict(curves, schema=CURVES_SCHEMA), out / "curves" / f"{task_id}.parquet")
-    _atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
+    atomic_write(pa.Table.from_pydict(curves, schema=CURVES_SCHEMA), out / "curves" / f"{task_id}.parquet")
+    atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
 
 
 MANIFEST_VERSION = 2  # 2: the fingerprint leaves out training settings at their default
@@ -123,7 +125,7 @@ def table_files(out: Path, table: str) -> list[Path]:
 def read_table(out: Path, table: str, columns: list[str] | None = None, filter=None) -> pa.Table:
     """A whole table (``columns`` of it; rows matching the pyarrow expression ``filter``), in the
     current schema: files written by an older version, which lack newer columns, read with
-    those columns at their default (``schema.conform``)."""
+    those columns at their default (``records.schema.conform``)."""
     schema = TABLES[table]
     unknown = [c for c in columns or () if c not in schema.names]
     if unknown:
@@ -139,9 +141,6 @@ def read_table(out: Path, table: str, columns: list[str] | None = None, filter=N
 def done_run_ids(out: Path) -> set[str]:
     """The current run ids of the runs in ``out`` (recomputed from each row's recorded
     configuration, so that rows written under an older id rule are recognised)."""
-    from .grid import run_id_of_record
-    from .schema import CELL_COLUMNS, TRAINING_COLUMNS
-
     rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS]).to_pylist()
     return {run_id_of_record(r) for r in rows}
 
@@ -178,7 +177,7 @@ def compact(out: Path) -> dict[str, int]:
     journal.write_text(json.dumps(dict(target=name, sources=sources)))
     for t in ("curves", "runs"):  # curves first, as for a task: a runs row never without its curves
         merged = pa.concat_tables([conform(pq.read_table(out / t / f), TABLES[t]) for f in sources[t]])
-        _atomic_write(merged, out / t / name, compression="zstd")
+        atomic_write(merged, out / t / name, compression="zstd")
     _finish_compaction(out, json.loads(journal.read_text()))
     return {t: len(v) for t, v in sources.items()}
 
