@@ -4,10 +4,12 @@ under deploy/ validated against the schemas their tools use."""
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -27,6 +29,14 @@ def test_upload_holds_the_code_not_results(tmp_path):
     assert "pipeline/cli.py" in names and "configs/smoke.yaml" in names and "notebooks/analyze.py" in names
     assert not [n for n in names if n.startswith(("results/", ".git/", "runs/")) or n.endswith((".ipynb", ".db"))]
     assert (tmp_path / "pkg.zip").stat().st_size < 2 * 2**20
+
+
+def test_the_image_copies_every_package_the_project_installs():
+    """deploy/Dockerfile copies each package of pyproject.toml's setuptools ``include``: a package
+    added to the project but not to the image fails on the cluster only."""
+    include = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = re.findall(r"^COPY\s+(?:--\S+\s+)*(\S+)\s", (REPO / "deploy" / "Dockerfile").read_text(), re.M)
+    assert {p.rstrip("*") for p in include} <= set(copied), f"include {include}, the image copies {copied}"
 
 
 def test_pipeline_submit_with_rays_default_token_auth(tmp_path):
