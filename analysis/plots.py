@@ -178,7 +178,7 @@ def plot_thresholds(ax, th: pd.DataFrame, x: str, *, m_col: str = "m_star", boun
 
 def censor_legend_handles():
     """Legend entries explaining the censoring markers of :func:`plot_thresholds`."""
-    from matplotlib.lines import Line2D
+    from matplotlib.lines import Line2D  # matplotlib only where a figure is drawn: `import analysis` stays light
 
     return [Line2D([], [], linestyle="none", marker="^", markerfacecolor="none", markeredgecolor="gray",
                    label="m* > largest width (censored)"),
