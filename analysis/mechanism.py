@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .defaults import CONFIDENCE, FAILED_STATUSES
-from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, hierarchical_weights, instance_ids, fit_floor_law
+from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, fit_floor_law, hierarchical_weights, instance_ids
 from .load import require_columns
 from .stats import cluster_percentile_interval
 
@@ -93,8 +93,8 @@ def _regression_rows(key: dict, group: pd.DataFrame, terms: list[str], n_bad: in
     common = {**key, "n_runs": len(group), "n_instances": n_inst}
     notes = [f"{n_bad} run(s) with a non-finite late_rate or regressor left out"] if n_bad else []
     if len(group) <= len(names):
-        return [{**common, "term": t, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "expected": EXPECTED.get(t, np.nan),
-                 "expected_in_interval": False, "r2": np.nan,
+        return [{**common, "term": t, "estimate": np.nan, "lo": np.nan, "hi": np.nan,
+                 "expected": EXPECTED.get(t, np.nan), "expected_in_interval": False, "r2": np.nan,
                  "note": "; ".join([*notes, f"{len(group)} run(s) for {len(names)} coefficients: no fit"])}
                 for t in names]
     X = np.column_stack([np.ones(len(group)), group[terms].to_numpy(float)])
@@ -103,8 +103,8 @@ def _regression_rows(key: dict, group: pd.DataFrame, terms: list[str], n_bad: in
     W = np.vstack([np.ones(len(group)), hierarchical_weights(inst, stratum, n_boot, rng)])
     beta, ok = _weighted_ls(X, y, W)
     if not ok[0]:
-        return [{**common, "term": t, "estimate": np.nan, "lo": np.nan, "hi": np.nan, "expected": EXPECTED.get(t, np.nan),
-                 "expected_in_interval": False, "r2": np.nan,
+        return [{**common, "term": t, "estimate": np.nan, "lo": np.nan, "hi": np.nan,
+                 "expected": EXPECTED.get(t, np.nan), "expected_in_interval": False, "r2": np.nan,
                  "note": "; ".join([*notes, f"regressors {terms} are collinear: no fit"])} for t in names]
     resid = y - X @ beta[0]
     r2 = 1 - float(resid @ resid) / float(((y - y.mean()) ** 2).sum()) if np.ptp(y) > 0 else np.nan

@@ -133,13 +133,15 @@ def reached_by(runs: pd.DataFrame, eps: float, horizon: float | None) -> pd.Seri
     return reached
 
 
-def conv_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float, horizon: float | None = None) -> pd.Series:
+def conv_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float,
+                 horizon: float | None = None) -> pd.Series:
     """The relative loss reached eps' by the horizon T (t_to_<eps'> lambda_* <= T).
     Columns: ``status, eps, min_rel_loss, t, lambda_star, t_to_<eps'>``."""
     return _not_failed(runs) & reached_by(runs, eps, horizon)
 
 
-def rate_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float, horizon: float | None = None) -> pd.Series:
+def rate_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float,
+                 horizon: float | None = None) -> pd.Series:
     """Reached eps' by T with the bound ||r||^2 <= exp(-lambda_* t) ||r(0)||^2 held at every step until then.
     Columns: those of ``conv`` and ``bound_violation_t`` (absolute; +inf if never broken, NaN fails)."""
     require_columns(runs, ["bound_violation_t"], "runs")
@@ -196,7 +198,8 @@ def rate_soft_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: floa
     return _not_failed(runs) & (rate >= RATE_SOFT_MIN)
 
 
-def lazy_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float, horizon: float | None = None) -> pd.Series:
+def lazy_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float,
+                 horizon: float | None = None) -> pd.Series:
     """||H(t) - H(0)||_2 <= lambda_*/4 and lambda_min(H(t)) >= lambda_*/2 at every checkpoint up to min(T, stop).
     runs: ``status, lambda_star, max_H_drift_2, min_lambda_ratio`` (NaN fails); with a horizon, curves
     ``run_id, step, t, H_drift_2, lambda_min`` (a NaN checkpoint is not measured; none measured fails)."""

@@ -20,7 +20,8 @@ A direct width is the logistic threshold with an instance-then-seed interval
 (:func:`analysis.thresholds.grid_threshold`).  A cell that never gets there is censored above
 (``"> m_max"``, NaN estimate, never a number), one already there at the smallest width below
 (``"<= m_min"``); ``rises_with_m`` says whether the fraction demonstrably rises with ``m`` (the
-logistic slope's interval lies above 0), and a cell where it does not is said so in ``note``.
+logistic slope's interval lies above 0), and a cell where it does not is said so in ``note`` (a
+crossing it still has is labelled ``"(not rising)"`` and left out of the laws).
 
 The laws ``log m_x = c + p log n + q log k + r log delta`` are fitted over the uncensored cells
 (:func:`analysis.fits.fit_exponents`; censored cells left out and counted), beside ``m_thm``'s
@@ -89,7 +90,8 @@ def _slopes(success: pd.DataFrame, keys: list[str], confidence: float) -> pd.Dat
         row = dict(zip(keys, key), slope=np.nan, slope_lo=np.nan, slope_hi=np.nan)
         if len(pooled) >= 2:
             x = np.log(pooled.index.to_numpy(float))
-            beta, cov = firth_logistic(x - x.mean(), pooled["successes"].to_numpy(float), pooled["trials"].to_numpy(float))
+            beta, cov = firth_logistic(x - x.mean(), pooled["successes"].to_numpy(float),
+                                       pooled["trials"].to_numpy(float))
             se = float(np.sqrt(cov[1, 1]))
             row.update(slope=float(beta[1]), slope_lo=float(beta[1] - z * se), slope_hi=float(beta[1] + z * se))
         rows.append(row)
@@ -108,7 +110,9 @@ def _label(row) -> str:
         text += f" [{row['lo']:.0f}, {row['hi']:.0f}]"
     elif np.isfinite(row["lo"]):
         text += f" [{row['lo']:.0f}, inf]"
-    extrapolated = row.get("extrapolated", False)
+    extrapolated, rises = row.get("extrapolated", False), row.get("rises_with_m", np.nan)
+    if isinstance(rises, (bool, np.bool_)) and not rises:
+        text += " (not rising)"
     return text + (" (extrapolated)" if isinstance(extrapolated, (bool, np.bool_)) and extrapolated else "")
 
 
@@ -133,7 +137,8 @@ def width_thresholds(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, 
         (the logistic threshold and its instance-then-seed interval; NaN where censored), ``censored``
         (``none``, ``above``, ``below`` or ``undefined``; an undefined logistic fit takes the grid's
         censoring when that is above or below), ``bound`` (the width a censored cell is beyond),
-        ``label`` (``"1234 [800, 2000]"``, ``"> 16384"``, ``"<= 256"``), ``rises_with_m, slope,
+        ``label`` (``"1234 [800, 2000]"``, ``"> 16384"``, ``"<= 256"``; ``"(not rising)"`` appended to a
+        crossing whose fit does not demonstrably rise with ``m``), ``rises_with_m, slope,
         slope_lo, slope_hi`` (the logistic slope per unit ``log m``), ``m_grid, grid_censored`` (the
         grid threshold), ``n_widths, m_min, m_max, n_instances, trials_min, note``.
     """
@@ -316,7 +321,8 @@ def _law_rows(fit: pd.DataFrame, cov: dict, common: dict) -> list[dict]:
         row = {**common, "term": r["term"], "regressor": EXPONENT_TERMS.get(r["term"], "1"), "estimate": r["estimate"],
                "lo": r["lo"], "hi": r["hi"], "se": r["se"], "dof": r["dof"], "theory": r["theory"],
                "n_cells": r["n_cells"], "n_censored": r["n_censored"],
-               "note": "; ".join(filter(None, [str(r["note"] or ""), str(r["interval_note"] or ""), common.get("note", "")]))}
+               "note": "; ".join(filter(None, [str(r["note"] or ""), str(r["interval_note"] or ""),
+                                               common.get("note", "")]))}
         for t in LAW_TERMS:
             row[f"cov_{t}"] = cov.get(r["term"], {}).get(t, np.nan)
         rows.append(row)
@@ -328,7 +334,9 @@ def _threshold_laws(widths: pd.DataFrame, runs: pd.DataFrame, quantity: str, gro
     w = add_k_group(widths[(widths["quantity"] == quantity) & (widths["method"] == DIRECT)])
     if w.empty:
         return []
-    th = w.assign(m_logistic=w["estimate"], logistic_censored=w["censored"])
+    # a crossing of a logistic fit that does not demonstrably rise with m is not a threshold to fit
+    flat = (w["censored"] == NOT_CENSORED) & ~w["rises_with_m"].astype(bool)
+    th = w.assign(m_logistic=w["estimate"], logistic_censored=w["censored"].where(~flat, UNDEFINED))
     fit = fit_exponents(th, m_col="m_logistic", terms=terms, by=group_keys, confidence=confidence)
     rows = []
     for key, group in th.groupby(group_keys, sort=True, dropna=False):
@@ -338,11 +346,23 @@ def _threshold_laws(widths: pd.DataFrame, runs: pd.DataFrame, quantity: str, gro
         used = [t for t in f["term"] if t != "c"]
         cells = group[_uncensored(group, "m_logistic")]
         cov = _covariance(cells, used, f, "m_logistic") if np.isfinite(f["estimate"]).all() else {}
+        n_flat = int(flat[group.index].sum())
         common = {"quantity": quantity, "method": DIRECT, "horizon": group["horizon"].iloc[0],
                   "criterion": group["criterion"].iloc[0], "eps": group["eps"].iloc[0], "rate": group["target"].iloc[0],
-                  **key, **_domain(group, runs)}
+                  **key, **_domain(group, runs),
+                  "note": f"{n_flat} cell(s) whose fraction does not rise with m left out" if n_flat else ""}
         rows += _law_rows(f, cov, common)
     return rows
+
+
+def _lazy_law(coef: dict, mapped: list[tuple[str, str]], z: float) -> tuple[dict, object]:
+    """``(c, p, q, r)`` of ``log m_lazy`` from the drift law's coefficients (numbers, or arrays of replicates),
+    and ``a_m``."""
+    a_m = coef["m"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = {"c": (np.log(LAZY_DRIFT_MAX) - coef["c"] - z * coef["sigma"]) / a_m}
+        out.update({t: -coef[r] / a_m for t, r in mapped})
+    return out, a_m
 
 
 def _drift_law_rows(law: pd.DataFrame, widths: pd.DataFrame, runs: pd.DataFrame, group_keys: list[str],
@@ -366,16 +386,8 @@ def _drift_law_rows(law: pd.DataFrame, widths: pd.DataFrame, runs: pd.DataFrame,
             rows.append({**common, "term": "c", "estimate": np.nan, "note": f"no drift law: {g['note'].iloc[0]}"})
             continue
         mapped = [(t, r) for t, r in (("p", "n"), ("q", "k"), ("r", "delta")) if r in g.index]
-
-        def derive(get):
-            a_m = get("m")
-            with np.errstate(divide="ignore", invalid="ignore"):
-                out = {"c": (np.log(LAZY_DRIFT_MAX) - get("c") - z * get("sigma")) / a_m}
-                out.update({t: -get(r) / a_m for t, r in mapped})
-            return out, a_m
-
-        point, a_m = derive(lambda t: float(g.loc[t, "estimate"]))
-        draws, a_m_draws = derive(lambda t: np.asarray(g.loc[t, "draws"], dtype=float))
+        point, a_m = _lazy_law({t: float(g.loc[t, "estimate"]) for t in g.index}, mapped, z)
+        draws, a_m_draws = _lazy_law({t: np.asarray(g.loc[t, "draws"], dtype=float) for t in g.index}, mapped, z)
         falling = a_m_draws < 0
         names = list(point)
         D = np.column_stack([draws[t][falling] for t in names]) if falling.any() else np.empty((0, len(names)))
@@ -448,9 +460,9 @@ def laws_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, widths
         drift law, bootstrap intervals; ``theorem``; a paper for ``known``), ``term`` (``c, p, q, r``),
         ``regressor, estimate, lo, hi, se, dof``, ``cov_c .. cov_r`` (the term's row of the estimates'
         covariance: a prediction's interval needs it), ``horizon`` (NaN: each run's own), ``criterion, eps,
-        rate`` (``1 - delta_fail``), ``bias, k_group``, ``n_cells, n_censored`` (cells left out: censored
-        or undefined), the studied domain ``n_min .. m_max`` (``m_min, m_max``: the widths studied),
-        ``theory`` (the theorem's nominal exponent) and ``note``.
+        rate`` (``1 - delta_fail``), ``bias, k_group``, ``n_cells, n_censored`` (cells left out: censored,
+        undefined, or a crossing whose fraction does not rise with ``m``), the studied domain ``n_min ..
+        m_max`` (``m_min, m_max``: the widths studied), ``theory`` (the theorem's nominal exponent) and ``note``.
     """
     _check_quantities(quantities)
     if "lazy" in quantities and drift is None:
@@ -469,7 +481,8 @@ def laws_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, widths
     table = pd.DataFrame(rows)
     if known:
         table = pd.concat([table, known_laws()], ignore_index=True)
-    columns = [*LAWS_COLUMNS[:LAWS_COLUMNS.index(K_GROUP) + 1], *strata, *LAWS_COLUMNS[LAWS_COLUMNS.index(K_GROUP) + 1:]]
+    at = LAWS_COLUMNS.index(K_GROUP) + 1
+    columns = [*LAWS_COLUMNS[:at], *strata, *LAWS_COLUMNS[at:]]
     return table.reindex(columns=columns)
 
 
@@ -512,7 +525,8 @@ HORIZON_COLUMNS = ["kind", "quantity", "method", "n", "k", "delta", "bias", K_GR
 
 
 def horizon_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, horizons: Sequence[float] = (12, 24, 48),
-                  *, eps: float = DEFAULT_EPS, delta_fail: float = 0.1, quantities: Sequence[str] = ("conv", "rate", "lazy"),
+                  *, eps: float = DEFAULT_EPS, delta_fail: float = 0.1,
+                  quantities: Sequence[str] = ("conv", "rate", "lazy"),
                   strata: Sequence[str] = (), terms: Sequence[str] = ("p", "q", "r"), n_boot: int = 400, seed: int = 0,
                   confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Each width and each law exponent at each horizon, and whether it still moves later.
@@ -610,6 +624,7 @@ def study_horizon(table: pd.DataFrame) -> HorizonChoice:
     moving = table.groupby("horizon")["moves_later"].sum().astype(int).reindex(horizons)
     for h in horizons[:-1]:
         if moving[h] == 0:
-            return HorizonChoice(float(h), moving, f"nothing moves after {h:g}/lambda_* (checked up to {horizons[-1]:g})")
+            return HorizonChoice(float(h), moving,
+                                 f"nothing moves after {h:g}/lambda_* (checked up to {horizons[-1]:g})")
     return HorizonChoice(None, moving, f"{int(moving[horizons[-2]])} entries still move between {horizons[-2]:g} and "
                                        f"{horizons[-1]:g}/lambda_*: no horizon is stable; study longer horizons")

@@ -72,7 +72,9 @@ def pooled_crossing(prob, m_inf: float, tau_inst: float, target: float = TARGET)
     ``prob(m, m_inf)`` is the probability for one instance."""
     z, w = np.polynomial.hermite_e.hermegauss(40)
     w = w / w.sum()
-    f = lambda x: np.sum(w * prob(np.exp(x), m_inf * np.exp(tau_inst * z))) - target  # noqa: E731
+
+    def f(x):
+        return np.sum(w * prob(np.exp(x), m_inf * np.exp(tau_inst * z))) - target
     return float(np.exp(optimize.brentq(f, np.log(m_inf) - 15, np.log(m_inf) + 15)))
 
 
@@ -102,7 +104,8 @@ def runs_from_times(partial: pd.DataFrame, tau: np.ndarray, *, t_max: float, lam
 
 def planted_study(cells: list[dict], *, widths, instances: int, seeds: int, rng_seed: int, t_max: float = 96.0,
                   slope: float = 3.0, A: float = 0.0, T0: float = 8.0, tau_inst: float = 0.0, held: dict | None = None,
-                  drift: dict | None = None, lambda_star: float = LAMBDA_STAR, d: int = 6, bias: bool = False) -> pd.DataFrame:
+                  drift: dict | None = None, lambda_star: float = LAMBDA_STAR, d: int = 6,
+                  bias: bool = False) -> pd.DataFrame:
     """A complete runs table over ``cells`` (dicts with ``n, k, delta, m_inf`` and optionally ``flat``:
     a probability of converging, independent of ``m``, by ``t = 10``; ``m_held``: the threshold of the
     bound holding).

@@ -8,7 +8,7 @@ from tests.answer_synth import complete_answer_runs
 JUMPS = {"c": 1.0, "n": 0.5, "k": 1.0, "m": -0.5}
 
 
-def _planted(rng_seed, *, flow=2.0, jumps=-1.0, ks=(1, 2, 4), instances=5, seeds=4):
+def _planted(rng_seed, *, flow=2.0, jumps=-1.0, ks=(1, 2, 4), instances=5, seeds=4, instance_sd=0.1):
     """late_rate = flow * min_lambda_ratio + jumps * jump_rate_late + u_instance + noise, the jump rate
     following the power law JUMPS with its own instance effect (k = 0: no flips, no jumps)."""
     rng = np.random.default_rng(rng_seed)
@@ -21,7 +21,8 @@ def _planted(rng_seed, *, flow=2.0, jumps=-1.0, ks=(1, 2, 4), instances=5, seeds
                   + rng.normal(0, 0.3, n.size))
     jump = np.where(k > 0, jump, 0.0)
     lam = rng.uniform(0.3, 1.0, n.size)
-    late = flow * lam + jumps * jump + rng.normal(0, 0.1, cell_inst.max() + 1)[cell_inst] + rng.normal(0, 0.1, n.size)
+    late = (flow * lam + jumps * jump + rng.normal(0, instance_sd, cell_inst.max() + 1)[cell_inst]
+            + rng.normal(0, 0.1, n.size))
     runs = pd.DataFrame({"n": n, "k": k, "delta": 0.5, "data_seed": inst, "m": m, "seed": seed, "status": "budget",
                          "min_lambda_ratio": lam, "jump_rate_late": jump, "late_rate": late})
     runs["run_id"] = [f"j{i:05d}" for i in range(len(runs))]
@@ -39,6 +40,14 @@ def test_late_rate_is_the_flow_minus_the_jumps():
     other = fit_mechanism(_planted(1, flow=1.0), n_boot=200).regression.set_index("term")
     assert not other.loc["min_lambda_ratio", "expected_in_interval"]
     assert other.loc["min_lambda_ratio", "lo"] <= 1.0 <= other.loc["min_lambda_ratio", "hi"]
+
+
+def test_the_interval_resamples_data_instances():
+    """An offset shared by the runs of a data instance (sd 0.5 over 45 instances) puts a standard error of
+    about 0.5 / sqrt(45) = 0.075 on the intercept; resampling runs alone would see about 0.1 / sqrt(1080)."""
+    reg = fit_mechanism(_planted(6, instance_sd=0.5), n_boot=300).regression.set_index("term")
+    half = (reg.loc["c", "hi"] - reg.loc["c", "lo"]) / 2
+    assert 0.1 < half < 0.3 and reg.loc["c", "lo"] <= 0.0 <= reg.loc["c", "hi"]
 
 
 def test_the_jumps_scaling_law():

@@ -4,7 +4,7 @@ import pytest
 from scipy import stats
 
 from analysis.predict import predict_width
-from analysis.widths import LAWS_COLUMNS, laws_table, write_laws, width_thresholds
+from analysis.widths import LAWS_COLUMNS, laws_table, width_thresholds, write_laws
 from tests.answer_synth import conv_probability, planted_study, pooled_crossing
 
 LAW = {"c": 2.0, "p": 1.5, "q": 1.0, "r": -0.5}
@@ -19,7 +19,7 @@ def _rows(quantity, method, law, cov, dof, k_group="k>=1", **domain):
     names = list(law)
     return [{"quantity": quantity, "method": method, "term": t, "estimate": law[t], "dof": dof, "horizon": 48.0,
              "criterion": f"{quantity}@48", "eps": 1e-8, "rate": 0.9, "bias": False, "k_group": k_group,
-             **{f"cov_{u}": cov[i, j] for j, u in enumerate(names)}, **{**DOMAIN, **domain}, "note": ""}
+             **{f"cov_{u}": cov[i, j] for j, u in enumerate(names)}, **DOMAIN, **domain, "note": ""}
             for i, t in enumerate(names)]
 
 
@@ -93,7 +93,8 @@ def test_a_planted_study_predicts_its_own_law(tmp_path):
     widths = width_thresholds(runs, quantity="conv", horizon=48.0, n_boot=0)
     write_laws(laws_table(runs, widths=widths, quantities=("conv",)), tmp_path)
     out = predict_width(20, 3, 0.5, d=6, results=tmp_path)
-    truth = pooled_crossing(lambda m, mi: conv_probability(m, mi, 48.0, slope=3.0, A=30.0, T0=8.0), 8 * 20**1.5 * 3, 0.0)
+    truth = pooled_crossing(lambda m, mi: conv_probability(m, mi, 48.0, slope=3.0, A=30.0, T0=8.0), 8 * 20**1.5 * 3,
+                            0.0)
     laws = pd.read_csv(tmp_path / "laws.csv")
     law = laws[laws["quantity"] == "conv"].set_index("term")["estimate"]
     assert out.estimate == pytest.approx(np.exp(law["c"] + law["p"] * np.log(20) + law["q"] * np.log(3)), rel=1e-12)

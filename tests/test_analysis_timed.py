@@ -39,6 +39,12 @@ def test_criterion_names_with_a_horizon():
     assert criteria() == ("interpolation", "settled", "settled_both", "regime")
     assert timed_criteria() == ("conv", "rate", "rate_soft", "lazy")
     assert criterion("interpolation").name == "interpolation"
+    # the width search's configuration accepts them, and names a bad horizon
+    from pipeline.config import Search
+
+    assert Search(criterion="rate@96", eps=1e-8).criterion == "rate@96"
+    with pytest.raises(ValueError, match="positive flow time"):
+        Search(criterion="rate@0")
 
 
 def test_conv_at_a_horizon_and_runs_with_unknown_outcomes():
@@ -89,8 +95,8 @@ def test_late_rate_at_a_horizon_from_the_checkpoints():
     t = np.array([0.0, 1.0, 3.0, 7.0, 11.0, 19.0, 26.0, 40.0, 48.0])
     rng = np.random.default_rng(0)
     wiggly = np.exp(-0.3 * t + rng.normal(0, 0.5, t.size))
-    curves = complete_answer_curves(pd.concat([_curve("exp", t, np.exp(-rho * t)), _curve("flat", t, np.full(t.size, 1e-5)),
-                                               _curve("wiggly", t, wiggly)]))
+    curves = complete_answer_curves(pd.concat([_curve("exp", t, np.exp(-rho * t)),
+                                               _curve("flat", t, np.full(t.size, 1e-5)), _curve("wiggly", t, wiggly)]))
     runs = _runs(run_id=["exp", "flat", "wiggly"], status="budget", t=48.0 / LAM, late_rate=[9.0, 9.0, 9.0])
     got = late_rate_at(runs, curves, 30.0)
     # t_end = 26 (last checkpoint <= 30), tau = 11 (last <= 13): a closed form for each curve
@@ -128,5 +134,5 @@ def test_timed_criteria_in_the_success_table():
                  **{"t_to_1e-8": np.array([8.0, np.inf]) / LAM, "t_to_1e-4": np.array([2.0, 30.0]) / LAM})
     success = run_success(runs, None, eps_grid=[1e-4, 1e-8], criteria=["conv@12", "rate", "interpolation"])
     got = success.set_index(["criterion", "eps", "run_id"])["success"]
-    assert got[("conv@12", 1e-4, "b")] == False and got[("conv@12", 1e-8, "a")] == True  # noqa: E712
-    assert got[("rate", 1e-4, "b")] == True and got[("interpolation", 1e-8, "b")] == False  # noqa: E712
+    assert not got[("conv@12", 1e-4, "b")] and got[("conv@12", 1e-8, "a")]
+    assert got[("rate", 1e-4, "b")] and not got[("interpolation", 1e-8, "b")]

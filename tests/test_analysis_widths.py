@@ -6,8 +6,7 @@ from scipy import special, stats
 from analysis.defaults import ABOVE, BELOW, NOT_CENSORED
 from analysis.widths import (LAWS_COLUMNS, drift_law, horizon_table, laws_table, mark_moves, read_laws,
                              study_horizon, width_thresholds, widths_table, write_laws)
-from tests.answer_synth import (TARGET, conv_probability, m_star_at, planted_curves, planted_study,
-                                pooled_crossing)
+from tests.answer_synth import TARGET, conv_probability, m_star_at, planted_curves, planted_study, pooled_crossing
 
 SLOPE, A, T0, TAU = 3.0, 30.0, 8.0, 0.15
 LAW = {"p": 1.5, "q": 1.0}
@@ -67,7 +66,26 @@ def test_cells_that_do_not_rise_never_get_there_or_start_there_are_said_so(width
     assert below["censored"] == BELOW and below["label"] == "<= 32" and np.isnan(below["estimate"])
     assert "does not rise" not in below["note"]
     normal = w.loc[(16, 2)]
-    assert normal["rises_with_m"] and normal["slope_lo"] > 0 and normal["label"].startswith(f"{normal['estimate']:.0f} [")
+    assert normal["rises_with_m"] and normal["slope_lo"] > 0
+    assert normal["label"].startswith(f"{normal['estimate']:.0f} [")
+
+
+def test_a_crossing_that_does_not_rise_is_labelled_and_left_out_of_the_law():
+    """A weakly rising cell (planted slope 0.3, few seeds) whose logistic fit still crosses the target inside
+    the widths: a positive slope whose interval includes 0 does not make a threshold."""
+    weak = planted_study([dict(n=4, k=1, delta=0.5, m_inf=2.0**9)], widths=2 ** np.arange(5, 12), instances=3,
+                         seeds=4, rng_seed=2, slope=0.3)
+    w = width_thresholds(weak, quantity="conv", n_boot=0).iloc[0]
+    assert w["censored"] == NOT_CENSORED and w["slope"] > 0 > w["slope_lo"]
+    assert not w["rises_with_m"] and w["label"].endswith("(not rising)") and "does not rise with m" in w["note"]
+    cells = [dict(n=n, k=1, delta=0.5, m_inf=8 * n**LAW["p"]) for n in (8, 16, 32)]
+    rest = planted_study(cells, widths=WIDTHS, instances=3, seeds=6, rng_seed=3, slope=SLOPE)
+    both = pd.concat([width_thresholds(weak, quantity="conv", n_boot=0),
+                      width_thresholds(rest, quantity="conv", n_boot=0)], ignore_index=True)
+    law = laws_table(pd.concat([weak, rest], ignore_index=True), widths=both, quantities=("conv",), theorem=False,
+                     known=False).set_index("term")
+    assert law.loc["p", "n_cells"] == 3 and law.loc["p", "n_censored"] == 1
+    assert "1 cell(s) whose fraction does not rise with m left out" in law.loc["p", "note"]
 
 
 def test_rate_thresholds_recover_the_product_of_both_laws(widths48):
