@@ -222,3 +222,18 @@ def _hand(kind, horizon, estimate, lo, hi, censored="none", term=""):
 def test_the_horizon_rule_on_hand_made_tables(rows, moves):
     table = mark_moves(pd.DataFrame(rows))
     assert list(table["moves_later"]) == moves
+
+
+def test_strata_split_cells_and_laws(study):
+    """The step-factor check: the same cells at two step factors are two sets of widths and two laws."""
+    base = study[study["k"].isin([1, 2]) & (study["n"] != 12)]
+    runs = pd.concat([base.assign(step_factor=1.0), base.assign(step_factor=0.25, run_id="q" + base["run_id"])],
+                     ignore_index=True)
+    w = widths_table(runs, quantities=("conv", "lazy"), strata=("step_factor",), n_boot=0)
+    assert set(w["step_factor"]) == {1.0, 0.25} and len(w) == 2 * 6 * 3  # conv, lazy direct, lazy drift law
+    laws = laws_table(runs, widths=w, quantities=("conv", "lazy"), strata=("step_factor",), n_boot=50, known=False)
+    assert list(laws.columns[:LAWS_COLUMNS.index("k_group") + 2])[-1] == "step_factor"
+    p = laws[(laws["term"] == "p") & (laws["method"] == "thresholds") & (laws["quantity"] == "conv")]
+    assert len(p) == 2 and p["estimate"].nunique() == 1  # the same runs at both: the same law
+    with pytest.raises(ValueError, match="step_factor"):
+        widths_table(runs, quantities=("conv",), n_boot=0)
