@@ -204,7 +204,9 @@ def drift_law(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, horizon
     Args:
         runs: ``status, max_H_drift_2, lambda_star, *terms, *by`` and the instance columns.
         curves: with ``horizon``, the curves' ``t, H_drift_2`` (see :func:`drift_ratios`).
-        by: group columns; ``k_group`` is added when ``"k" in terms`` (``k = 0`` has no ``log k``).
+        by: group columns; ``k_group`` is added when ``"k" in terms`` (``k = 0`` has no ``log k``).  Without a
+            horizon each run's drift is over its own budget: runs of different ``t_max`` are then not
+            comparable, so pass a ``horizon`` (the drift is reached early) or add ``t_max`` to ``by``.
 
     Returns:
         A :func:`analysis.floorlaw.fit_floor_law` table (``*by, k_group, term, estimate, se, lo, hi, ...,
