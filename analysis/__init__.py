@@ -17,6 +17,13 @@ Typical use::
     table = sensitivity_table(runs, curves); summary = sensitivity_summary(table)
     frozen = control_comparison(runs, factor="mode", reference="relu", other="frozen")
     thm = theorem_exponents(runs)
+    # the three widths of the theorem (issue 20): times to eps', horizons, laws, predictions
+    surv = survival_table(runs, 1e-8, times=[12, 24, 48, 96])
+    widths = widths_table(runs, curves, horizon=48)           # m_conv, m_rate, m_lazy (+ drift law)
+    write_laws(laws_table(runs, curves, horizon=48), out)     # results/<study>/laws.csv
+    choice = study_horizon(horizon_table(runs, curves, horizons=(24, 48, 96)))
+    predict_width(32, 2, 0.5, d=16, quantity="conv")
+    mech = fit_mechanism(runs)
 """
 
 from .comparisons import control_comparison, theorem_exponents, threshold_ratio
@@ -33,6 +40,17 @@ from .success import (Criterion, UnjudgeableToleranceError, check_judgeable, cri
                       settled_success, success_rates)
 from .thresholds import (ABOVE, BELOW, NOT_CENSORED, UNDEFINED, bootstrap_threshold, grid_threshold,
                          instance_thresholds, logistic_threshold, theory_gap, thresholds)
+from .known import KNOWN_LAWS, known_laws
+from .mechanism import Mechanism, fit_mechanism, plot_mechanism
+from .predict import StudiedDomain, WidthPrediction, predict_width
+from .success import timed_criteria
+from .survival import convergence_times, plot_survival, survival_table
+from .timed import (T_TO_EPS, budget_horizon, conv_success, drift_until, late_rate_at, lazy_success,
+                    observed_through, parse_horizon, rate_soft_success, rate_success, reached_by, stop_time,
+                    t_to_column, time_to, timed_name)
+from .widths import (LAWS_COLUMNS, QUANTITIES, HorizonChoice, drift_law, drift_ratios, horizon_table,
+                     laws_table, lazy_from_drift, mark_moves, read_laws, study_horizon, width_thresholds,
+                     widths_table, write_laws)
 
 __all__ = [
     "CELL_KEYS", "CONFIDENCE", "EPS_GRID", "N_BOOT", "THEORY_EXPONENTS", "Criterion", "criteria", "criterion",
@@ -46,4 +64,12 @@ __all__ = [
     "control_comparison", "theorem_exponents", "fit_floor_law", "floor_group_columns", "m_star_from_floor_law",
     "floor_exponents", "sensitivity_summary", "sensitivity_table", "cluster_percentile_interval",
     "instance_thresholds", "beside_thresholds", "threshold_ratio",
+    # issue 20: the three widths
+    "KNOWN_LAWS", "known_laws", "Mechanism", "fit_mechanism", "plot_mechanism", "StudiedDomain", "WidthPrediction",
+    "predict_width", "timed_criteria", "convergence_times", "plot_survival", "survival_table", "T_TO_EPS",
+    "budget_horizon", "conv_success", "drift_until", "late_rate_at", "lazy_success", "observed_through",
+    "parse_horizon", "rate_soft_success", "rate_success", "reached_by", "stop_time", "t_to_column", "time_to",
+    "timed_name", "LAWS_COLUMNS", "QUANTITIES", "HorizonChoice", "drift_law", "drift_ratios", "horizon_table",
+    "laws_table", "lazy_from_drift", "mark_moves", "read_laws", "study_horizon", "width_thresholds",
+    "widths_table", "write_laws",
 ]

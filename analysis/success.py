@@ -22,10 +22,14 @@ validation all look criteria up here (:func:`criterion`). The registered ones:
   existed use the checkpoint check of the bound (``bound_held``) instead.
 
 Under all of them diverged runs are failures.
+
+The criteria with a horizon (``conv``, ``rate``, ``rate_soft``, ``lazy``; :mod:`analysis.timed`) are
+looked up here too, as ``base`` or ``base@T`` (``T`` in units of ``1/lambda_*``): ``criterion("conv@48")``.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -63,16 +67,35 @@ def register(name: str, *, needs_curves: bool):
 
 
 def criterion(name: str) -> Criterion:
-    """The registered criterion ``name``; an unknown name is a one-line error listing the known ones."""
-    try:
+    """The registered criterion ``name``; an unknown name is a one-line error listing the known ones.
+
+    A criterion with a horizon (:data:`analysis.timed.TIMED_CRITERIA`: ``conv, rate, rate_soft,
+    lazy``) is named ``base`` (judged at each run's own horizon) or ``base@T`` (at flow time ``T``
+    in units of ``1/lambda_*``, e.g. ``"conv@48"``)."""
+    if name in _REGISTRY:
         return _REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"criterion {name!r} is unknown; use one of {', '.join(_REGISTRY)}") from None
+    from .timed import TIMED_CRITERIA, parse_horizon
+
+    base, horizon = parse_horizon(name) if name.partition("@")[0] in TIMED_CRITERIA else (name, None)
+    if base not in TIMED_CRITERIA:
+        known = [*_REGISTRY, *(f"{c}[@T]" for c in TIMED_CRITERIA)]
+        raise ValueError(f"criterion {name!r} is unknown; use one of {', '.join(known)}")
+    judge, curves_at_horizon = TIMED_CRITERIA[base]
+    doc = (judge.__doc__ or "").strip().partition("\n")[0]
+    return Criterion(name, functools.partial(judge, horizon=horizon), curves_at_horizon and horizon is not None, doc)
 
 
 def criteria() -> tuple[str, ...]:
-    """The names of the registered criteria."""
+    """The names of the registered criteria judged on any results (the ones with a horizon, which
+    need the newer summary columns, are listed by :func:`timed_criteria`)."""
     return tuple(_REGISTRY)
+
+
+def timed_criteria() -> tuple[str, ...]:
+    """The criteria with a horizon, by base name (``criterion(f"{base}@{T}")``): ``conv, rate, rate_soft, lazy``."""
+    from .timed import TIMED_CRITERIA
+
+    return tuple(TIMED_CRITERIA)
 
 
 class UnjudgeableToleranceError(ValueError):
