@@ -36,8 +36,11 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, FAILED_STATUSES, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
+from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
+from .judging import UnjudgeableToleranceError, check_judgeable, checkpoints as _checkpoints
+from .judging import not_failed as _not_failed
 from .load import require_columns
+from .timed import TIMED_CRITERIA, parse_horizon
 from .stats import wilson_interval
 
 # Per-run columns of the success table; every other column identifies the cell.
@@ -74,8 +77,6 @@ def criterion(name: str) -> Criterion:
     in units of ``1/lambda_*``, e.g. ``"conv@48"``)."""
     if name in _REGISTRY:
         return _REGISTRY[name]
-    from .timed import TIMED_CRITERIA, parse_horizon
-
     base, horizon = parse_horizon(name) if name.partition("@")[0] in TIMED_CRITERIA else (name, None)
     if base not in TIMED_CRITERIA:
         known = [*_REGISTRY, *(f"{c}[@T]" for c in TIMED_CRITERIA)]
@@ -93,34 +94,7 @@ def criteria() -> tuple[str, ...]:
 
 def timed_criteria() -> tuple[str, ...]:
     """The criteria with a horizon, by base name (``criterion(f"{base}@{T}")``): ``conv, rate, rate_soft, lazy``."""
-    from .timed import TIMED_CRITERIA
-
     return tuple(TIMED_CRITERIA)
-
-
-class UnjudgeableToleranceError(ValueError):
-    """``eps'`` is below the training ``eps`` of runs that stopped at ``eps``: whether they would
-    have gone on to ``eps'`` was never observed."""
-
-
-def check_judgeable(runs: pd.DataFrame, eps: float) -> None:
-    """Raise :class:`UnjudgeableToleranceError` if some run stopped on reaching its training
-    ``eps`` (status 'converged') before reaching ``eps'``.  Columns: ``status, eps, min_rel_loss``.
-
-    Counting these runs as failures would make thresholds at small ``eps'`` an artefact of the
-    stopping rule.
-    """
-    require_columns(runs, ["status", "eps", "min_rel_loss"], "runs")
-    stopped = (runs["status"] == STOPPED_AT_EPS) & (runs["eps"] > eps) & ~(runs["min_rel_loss"] <= eps)
-    if stopped.any():
-        train_eps = sorted(runs.loc[stopped, "eps"].unique())
-        raise UnjudgeableToleranceError(
-            f"eps'={eps:g} is below the training eps {train_eps} of {int(stopped.sum())} converged run(s) "
-            f"that stopped before reaching it; choose eps' >= the training eps or train with a smaller eps")
-
-
-def _not_failed(runs: pd.DataFrame) -> pd.Series:
-    return ~runs["status"].isin(FAILED_STATUSES)
 
 
 @register("interpolation", needs_curves=False)
@@ -129,18 +103,6 @@ def interpolation_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: 
     Columns: ``status, eps, min_rel_loss``."""
     check_judgeable(runs, eps)
     return _not_failed(runs) & (runs["min_rel_loss"] <= eps)
-
-
-def _checkpoints(runs: pd.DataFrame, curves: pd.DataFrame, columns: Sequence[str], run_columns=()) -> pd.DataFrame:
-    """The curves of ``runs`` (``columns``), sorted, with ``run_columns`` of the runs joined in;
-    a run that is not diverged but has no checkpoints cannot be judged: raises."""
-    require_columns(curves, ["run_id", "step", *columns], "curves")
-    c = curves[["run_id", "step", *columns]].merge(runs[["run_id", *run_columns]], on="run_id", how="inner")
-    unseen = _not_failed(runs) & ~runs["run_id"].isin(c["run_id"])
-    if unseen.any():
-        raise ValueError(f"{int(unseen.sum())} run(s) have no checkpoints in curves, "
-                         f"e.g. {runs.loc[unseen, 'run_id'].iloc[0]!r}")
-    return c.sort_values(["run_id", "step"])
 
 
 def _by_run(runs: pd.DataFrame, per_run: pd.Series, missing: bool) -> pd.Series:

@@ -28,6 +28,8 @@ import numpy as np
 import pandas as pd
 
 from .defaults import FAILED_STATUSES, STOPPED_AT_EPS
+from .judging import check_judgeable, checkpoints
+from .judging import not_failed as _not_failed
 from .load import require_columns
 
 # Tolerances at which the training summary records the first time the relative loss reached them.
@@ -114,16 +116,10 @@ def _require_observed(runs: pd.DataFrame, horizon: float, done: pd.Series, what:
             f"their outcome at T is unknown; choose a shorter T or drop them (analysis.timed.observed_through)")
 
 
-def _not_failed(runs: pd.DataFrame) -> pd.Series:
-    return ~runs["status"].isin(FAILED_STATUSES)
-
-
 def reached_by(runs: pd.DataFrame, eps: float, horizon: float | None) -> pd.Series:
     """The relative loss reached ``eps'`` by flow time ``horizon`` (1/lambda_*; None: ever, within the
     run).  Raises where the outcome is unknown (see the module docstring).  Columns: ``status, eps,
     min_rel_loss, t, lambda_star, t_to_<eps'>``."""
-    from .success import check_judgeable
-
     tt = time_to(runs, eps)
     if horizon is None:
         check_judgeable(runs, eps)
@@ -160,9 +156,7 @@ def _window(runs: pd.DataFrame, horizon: float | None) -> pd.Series:
 
 def _until(runs: pd.DataFrame, curves: pd.DataFrame, horizon: float, columns) -> pd.DataFrame:
     """Checkpoints of ``runs`` at flow times ``<= horizon`` (1/lambda_*), sorted, with ``lambda_star``."""
-    from .success import _checkpoints
-
-    c = _checkpoints(runs, curves, ["t", *columns], ["lambda_star"])
+    c = checkpoints(runs, curves, ["t", *columns], ["lambda_star"])
     return c[c["t"] * c["lambda_star"] <= horizon * (1 + TIME_SLACK)]
 
 
