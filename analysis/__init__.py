@@ -35,7 +35,8 @@ from .load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, Results, load
 from .sensitivity import floor_exponents, sensitivity_summary, sensitivity_table
 from .scaling import loglog_slopes, loss_floor, rate_vs_theory, width_medians
 from .stats import cluster_percentile_interval, firth_logistic, logistic_crossing, loglog_slope, ols, wilson_interval
-from .success import (Criterion, UnjudgeableToleranceError, check_judgeable, criteria, criterion,
+from .judging import UnjudgeableToleranceError, check_judgeable
+from .success import (Criterion, criteria, criterion,
                       interpolation_success, regime_success, register, run_success, settled_both_success,
                       settled_success, success_rates)
 from .thresholds import (ABOVE, BELOW, NOT_CENSORED, UNDEFINED, bootstrap_threshold, grid_threshold,

@@ -20,7 +20,8 @@ from .fits import fit_exponents
 from .floorlaw import fit_floor_law, floor_group_columns
 from .load import require_columns
 from .stats import cluster_percentile_interval
-from .success import UnjudgeableToleranceError, run_success, success_rates
+from .judging import UnjudgeableToleranceError
+from .success import run_success, success_rates
 from .success import criteria as registered_criteria  # the parameter ``criteria`` takes the plain name
 from .thresholds import thresholds
 

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
-from .judging import UnjudgeableToleranceError, check_judgeable, checkpoints as _checkpoints
+from .judging import check_judgeable, checkpoints as _checkpoints
 from .judging import not_failed as _not_failed
 from .load import require_columns
 from .timed import TIMED_CRITERIA, parse_horizon
