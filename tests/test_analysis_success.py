@@ -4,7 +4,8 @@ import pytest
 
 from analysis.load import MissingColumnError
 from analysis.stats import wilson_interval
-from analysis.success import (UnjudgeableToleranceError, interpolation_success, regime_success, run_success,
+from analysis.judging import UnjudgeableToleranceError
+from analysis.success import (interpolation_success, regime_success, run_success,
                               success_rates)
 from tests.analysis_synth import complete_curves, complete_runs
 
