@@ -4,37 +4,45 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from records.tables import MANIFEST, compact
 from sobolev import __version__
 
-from .config import ConfigError, load_config
-from .driver import SetupError, preflight, run_sweep
+from .config import load_config
+from .destinations import check_submittable
+from .driver import preflight, run_sweep
+from .errors import BAD_INPUT, DISK_FULL_EXIT, ConfigError, DiskFull, SetupError, print_error
 from .estimate import estimate_lines
-from .lock import LockHeld, OutputLock
+from .lock import OutputLock
 from .logqueue import open_tracker
+from .notebooks import NAMES, execute_notebooks
+from .options import RunOptions
 from .search import run_search
+from .session import resume_command
 from .status import status_lines
 from .stop import DEFAULT_GRACE_S
-from .submit import submit
-from .tracking import TrackingError, check_reachable, check_uri, resolve_uri, sync
+from .submit import REPO, submit
+from .tracking import check_reachable, sync
 
-EXIT_CODES = """exit codes:
+EXIT_CODES = f"""exit codes:
   0  done: every run in Parquet and MLflow
-  1  some tasks failed after their retries (the summary lists them; rerun to retry them)
+  1  some runs failed after their retries: recorded as failed (status 'failed', failure_reason) in the runs
+     table and listed in the summary; rerun the same command to train them again
   2  bad input (config, options, output directory, tracking URI): one line on stderr, nothing written
   3  every run in Parquet, MLflow incomplete: run `python -m pipeline sync CONFIG` when the server answers
+  {DISK_FULL_EXIT}  disk full (the output or the MLflow store): every finished run is written whole; one line names the
+     path, the free space and the resume command; free space and run it
   130/143  stopped by SIGINT/SIGTERM: every finished run is written; the summary prints the resume command"""
 
 EXAMPLES = """examples:
   python -m pipeline run configs/smoke.yaml --dry-run
   python -m pipeline run configs/smoke.yaml
   python -m pipeline status configs/smoke.yaml
-  python -m pipeline submit --address http://HEAD:8265 -- run configs/paper.yaml --out /shared/paper"""
+  python -m pipeline submit --address http://HEAD:8265 -- run configs/paper.yaml --out /shared/paper \\
+      --tracking-uri http://MLFLOW:5000
+  python -m pipeline notebooks --results /data/smoke"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +80,10 @@ def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.add_argument("--grace", type=float, default=DEFAULT_GRACE_S, metavar="SECONDS",
                        help=f"on SIGTERM/SIGINT, wait this long for running tasks to land (default {DEFAULT_GRACE_S:g})")
+        p.add_argument("--task-timeout", type=float, metavar="SECONDS",
+                       help="a task's time limit (default: the config's resources.task_timeout_s, else 10 times its "
+                            "estimate, at least 600 s); a task past it, or out of memory, is retried once at half "
+                            "the replicas, then recorded as failed")
     if mlflow:  # every command that writes the output or the tracking store holds the output's lock
         p.add_argument("--wait", nargs="?", type=float, const=float("inf"), metavar="SECONDS",
                        help="if another process writes the same --out, wait for it (at most SECONDS) instead of "
@@ -103,43 +115,45 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--no-wait", action="store_true", help="return once the job is submitted; follow it with "
                                                           "`ray job logs --follow JOB_ID`")
     sb.add_argument("pipeline_args", nargs=argparse.REMAINDER, metavar="-- COMMAND ARGS",
-                    help="the pipeline command the job runs, e.g. -- run configs/paper.yaml --out /shared/paper")
+                    help="the pipeline command the job runs, e.g. -- run configs/paper.yaml --out /shared/paper "
+                         "--tracking-uri http://MLFLOW:5000 (checked here before anything is uploaded: an absolute "
+                         "--out and a named tracking store, on storage the head keeps)")
+    nb = sub.add_parser("notebooks", help="execute the analysis notebooks into their .ipynb (from any directory)")
+    nb.add_argument("names", nargs="*", default=list(NAMES), metavar="NAME",
+                    help=f"which notebooks (default: {' '.join(NAMES)})")
+    nb.add_argument("--results", help="the results directory they read (default: SOBOLEV_RESULTS, else "
+                                      "results/cpu_study of this checkout)")
+    nb.add_argument("--into", help="write the executed .ipynb files into this directory (default: beside the .py)")
     return p
 
 
-def check_out(out: Path) -> None:
-    """Refuse an output directory that cannot be created, before Ray starts or anything is written:
-    a directory is made and removed in its nearest existing parent (permissions alone do not tell,
-    e.g. for root under /proc)."""
-    probe = out
-    while not probe.exists():
-        probe = probe.parent
-    try:
-        if not probe.is_dir():
-            raise NotADirectoryError(f"{probe} is not a directory")
-        os.rmdir(tempfile.mkdtemp(prefix=".probe-", dir=probe))
-    except OSError as exc:
-        raise SetupError(f"output: cannot write to {out} ({exc.strerror or exc}); choose another --out") from None
+def run_options(args) -> RunOptions:
+    """The run options of ``args``, validated once (a bad one is bad input: exit 2)."""
+    get = lambda name, default=None: getattr(args, name, default)  # noqa: E731 - commands take subsets
+    return RunOptions(out=Path(args.out) if args.out else None, tracking_uri=get("tracking_uri"),
+                      mlflow=not get("no_mlflow", False), force=get("force", False), address=get("address"),
+                      num_cpus=get("num_cpus"), wait=get("wait"), grace_s=get("grace", DEFAULT_GRACE_S),
+                      progress=not get("no_progress", False), task_timeout=get("task_timeout"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "compact":
-        return _compact(Path(args.out))
+    cfg = options = None
     try:
+        if args.command == "compact":
+            return _compact(Path(args.out))
         if args.command == "submit":
-            rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
-            return submit(args.address, rest, wait=not args.no_wait)
+            return _submit(args)
+        if args.command == "notebooks":
+            return _notebooks(args)
         cfg = load_config(args.config)
-        out = Path(args.out or cfg.output_dir())
+        options = run_options(args)
+        out = options.output(cfg)
         if args.command == "status":
             print("\n".join(status_lines(cfg, out)))
             return 0
-        if getattr(args, "tracking_uri", None):
-            check_uri(args.tracking_uri)
         if args.command == "sync":  # reads the results only
-            return _sync(cfg, args, out)
-        check_out(out)
+            return _sync(cfg, options)
         if args.command == "search" and cfg.search is None:
             raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
         if args.dry_run:
@@ -148,13 +162,15 @@ def main(argv: list[str] | None = None) -> int:
                                              num_cpus=args.num_cpus, recalibrate=args.recalibrate)))
             return 0
         if args.command == "search":
-            return _search(cfg, args, out)
-        report = run_sweep(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-                           force=args.force, address=args.address, num_cpus=args.num_cpus,
-                           progress=not args.no_progress, wait=args.wait, grace_s=args.grace)
-    except (ConfigError, SetupError, TrackingError, LockHeld) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+            return _search(cfg, args, options)
+        report = run_sweep(cfg, options)
+    except BAD_INPUT as exc:
+        print_error(exc)
         return 2
+    except DiskFull as exc:  # before any work: the layout, the lock or the MLflow store
+        resume = resume_command(args.command, args.config, options.output(cfg), options.tracking(cfg))
+        print_error(exc.with_resume(resume))
+        return DISK_FULL_EXIT
     report.config_path = args.config
     print("\n".join(report.lines()))
     return exit_code(report)
@@ -165,11 +181,11 @@ def exit_code(report) -> int:
     return report.exit_code or (1 if report.failed else 3 if not report.mlflow_complete else 0)
 
 
-def _sync(cfg, args, out: Path) -> int:
+def _sync(cfg, options: RunOptions) -> int:
     """Fill MLflow from Parquet, holding the output (no sweep writes it meanwhile)."""
-    uri = resolve_uri(args.tracking_uri, cfg.tracking.uri)
+    uri, out = options.tracking(cfg), options.output(cfg)
     check_reachable(uri)
-    with OutputLock(out, "sync", wait=args.wait):
+    with OutputLock(out, "sync", wait=options.wait):
         tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"},
                                out=out)
         n = sync(tracker, out)
@@ -181,23 +197,47 @@ def _sync(cfg, args, out: Path) -> int:
     return 0
 
 
-def _search(cfg, args, out: Path) -> int:
-    report, table = run_search(cfg, out=out, tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow,
-                               address=args.address, num_cpus=args.num_cpus, progress=not args.no_progress,
-                               wait=args.wait, grace_s=args.grace)
+def _search(cfg, args, options: RunOptions) -> int:
+    report, table = run_search(cfg, options)
     report.config_path = args.config
     print(table[["n", "k", "delta", "bias", "m_star", "censored", "runs_used", "confirmed", "note"]]
           .to_string(index=False))
     print("\n".join(report.lines()))
-    print(f"thresholds: {out / 'thresholds'}")
+    if report.disk_full is None:
+        print(f"thresholds: {report.out / 'thresholds'}")
     return exit_code(report)
+
+
+def _submit(args) -> int:
+    """Check the command the job will run as the job would, before anything is uploaded: the
+    config, the options, and that nothing would be written into the job's temporary working
+    directory (pipeline.destinations); then ``ray job submit`` it."""
+    rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
+    if not rest or rest[0] not in ("run", "search", "sync", "status"):
+        raise SetupError("submit: name the pipeline command after --, e.g. `python -m pipeline submit "
+                         "--address http://HEAD:8265 -- run configs/paper.yaml --out /shared/x`")
+    inner = _parser().parse_args(rest)  # bad options: one line, exit 2, as for a local command
+    cfg = load_config(inner.config)
+    check_submittable(inner.command, cfg, run_options(inner))
+    config = Path(inner.config).resolve()
+    if config.is_relative_to(REPO):  # the job finds the uploaded copy from its working directory
+        rest = [str(config.relative_to(REPO)) if a == inner.config else a for a in rest]
+    return submit(args.address, rest, wait=not args.no_wait)
+
+
+def _notebooks(args) -> int:
+    try:
+        written = execute_notebooks(args.names, results=args.results, into=args.into)
+    except RuntimeError as exc:
+        print_error(exc)
+        return 1
+    print("\n".join(f"executed: {p}" for p in written))
+    return 0
 
 
 def _compact(out: Path) -> int:
     if not (out / MANIFEST).exists():
-        print(f"error: compact: {out} is not a results directory (no {MANIFEST}); pass the --out of a sweep",
-              file=sys.stderr)
-        return 2
+        raise SetupError(f"compact: {out} is not a results directory (no {MANIFEST}); pass the --out of a sweep")
     merged = compact(out)
     print(f"compacted {out}: " + ", ".join(f"{n} {t} files into one" if n else f"{t} already one file"
                                            for t, n in merged.items()))

@@ -28,9 +28,7 @@ from records.identity import non_default_settings
 from sobolev.problem import make_problem, max_separation
 from sobolev.settings import TrainConfig
 
-
-class ConfigError(ValueError):
-    """A configuration problem, stated in one line: the field, what is wrong, the fix."""
+from .errors import ConfigError
 
 
 class _Frozen(BaseModel):
@@ -188,15 +186,18 @@ Grid = _grid_model()
 
 class Resources(_Frozen):
     """Per Ray task: CPUs (torch threads match), GPUs (fractional allowed), replicas
-    (seeds of one cell trained as one batch; ``auto`` packs to ``memory_budget_gb``)."""
+    (seeds of one cell trained as one batch; ``auto`` packs to ``memory_budget_gb``), Ray's
+    retries of a task whose worker died, and the time limit of a task in seconds
+    (``task_timeout_s``; default: derived from its estimate, see ``pipeline.faults``)."""
 
     num_cpus: Annotated[float, Field(gt=0)] = 1.0
     num_gpus: Annotated[float, Field(ge=0)] = 0.0
     replicas_per_task: Union[PosInt, Literal["auto"]] = "auto"
     memory_budget_gb: Annotated[float, Field(gt=0)] | None = None
     max_retries: NonNegInt = 3
+    task_timeout_s: Annotated[float, Field(gt=0)] | None = None
 
-    @field_validator("num_cpus", "num_gpus", "memory_budget_gb", mode="before")
+    @field_validator("num_cpus", "num_gpus", "memory_budget_gb", "task_timeout_s", mode="before")
     @classmethod
     def _float(cls, v):
         return _number(v)

@@ -8,16 +8,20 @@ together on one device.
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import functools
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 
 import psutil
 import torch
 
+import sobolev
 from records.identity import run_id
-from records.schema import CELL_COLUMNS, TRAINING_COLUMNS, Cell
+from records.schema import CELL_COLUMNS, FAILED, RUN_COLUMNS, TRAINING_COLUMNS, Cell
 from sobolev.memory import replicas_that_fit
 from sobolev.settings import TrainConfig
 
@@ -44,14 +48,32 @@ class TaskSpec:
     sweep: str
     delta_fail: float
 
-    @property
+    @functools.cached_property  # once per task: the hashes are asked for at every step of its life
     def run_ids(self) -> tuple[str, ...]:
         return tuple(run_id(self.cell, self.train, s) for s in self.seeds)
 
-    @property
+    @functools.cached_property
     def task_id(self) -> str:
         digest = hashlib.sha256(",".join(self.run_ids).encode()).hexdigest()[:12]
         return f"{self.cell.label()}-{digest}"
+
+    def halves(self) -> tuple["TaskSpec", ...]:
+        """The same runs as two tasks of half the replicas each (one task if it has one seed): a
+        task that ran out of memory or time is retried so. Run ids do not depend on the batch."""
+        if len(self.seeds) < 2:
+            return (self,)
+        cut = math.ceil(len(self.seeds) / 2)
+        return dataclasses.replace(self, seeds=self.seeds[:cut]), dataclasses.replace(self, seeds=self.seeds[cut:])
+
+    def failed_records(self, reason: str, git_commit: str) -> list[dict]:
+        """Runs-table rows saying that the pipeline could not train this task's runs, and why
+        (status ``failed``, measurements null): the next invocation trains them again."""
+        common = dict({c: None for c in RUN_COLUMNS}, sweep=self.sweep, task_id=self.task_id,
+                      **dataclasses.asdict(self.cell), **dataclasses.asdict(self.train), status=FAILED,
+                      failure_reason=reason, version=sobolev.__version__, git_commit=git_commit,
+                      batch_seeds=json.dumps(list(self.seeds)), delta_fail=self.delta_fail,
+                      created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        return [dict(common, run_id=rid, seed=int(seed)) for rid, seed in zip(self.run_ids, self.seeds)]
 
 
 def cells(cfg: SweepConfig) -> list[Cell]:
@@ -95,12 +117,47 @@ def tasks_for(cfg: SweepConfig, cell: Cell, train: TrainConfig, seeds) -> list[T
             for i in range(0, len(seeds), per)]
 
 
-def plan(cfg: SweepConfig, *, skip: set[str] = frozenset()) -> tuple[list[TaskSpec], int]:
-    """Tasks for every run of the grid not in ``skip`` (run ids), and the grid's run count."""
-    tasks, total = [], 0
+@dataclass(frozen=True)
+class RunGroup:
+    """The runs of one cell and training setting: every seed, as one task that :meth:`tasks`
+    cuts into batches of ``per_task``."""
+
+    whole: TaskSpec
+    per_task: int
+
+    def tasks(self, skip: set[str] | frozenset = frozenset()) -> list[TaskSpec]:
+        todo = tuple(s for s, rid in zip(self.whole.seeds, self.whole.run_ids) if rid not in skip)
+        return [dataclasses.replace(self.whole, seeds=todo[i:i + self.per_task])
+                for i in range(0, len(todo), self.per_task)]
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    """Every run of a sweep (cells, training settings, seeds, run ids) and its batching, from the
+    validated configuration alone: made before the output, the tracker or Ray are touched."""
+
+    groups: tuple[RunGroup, ...]
+
+    @property
+    def grid_runs(self) -> int:
+        return sum(len(g.whole.seeds) for g in self.groups)
+
+    def tasks(self, skip: set[str] | frozenset = frozenset()) -> list[TaskSpec]:
+        """The tasks of every run not in ``skip`` (run ids, e.g. those already in Parquet)."""
+        return [t for g in self.groups for t in g.tasks(skip)]
+
+
+def plan_sweep(cfg: SweepConfig) -> SweepPlan:
+    seeds = tuple(cfg.seeds.init)
+    groups = []
     for cell in cells(cfg):
         for train in cfg.training_variants():
-            todo = [s for s in cfg.seeds.init if run_id(cell, train, s) not in skip]
-            total += len(cfg.seeds.init)
-            tasks += tasks_for(cfg, cell, train, todo)
-    return tasks, total
+            whole = TaskSpec(cell=cell, train=train, seeds=seeds, sweep=cfg.name, delta_fail=cfg.delta_fail)
+            groups.append(RunGroup(whole, replicas_per_task(cfg, cell, train)))
+    return SweepPlan(tuple(groups))
+
+
+def plan(cfg: SweepConfig, *, skip: set[str] = frozenset()) -> tuple[list[TaskSpec], int]:
+    """Tasks for every run of the grid not in ``skip`` (run ids), and the grid's run count."""
+    p = plan_sweep(cfg)
+    return p.tasks(skip), p.grid_runs

@@ -23,11 +23,9 @@ import sys
 import time
 from pathlib import Path
 
+from .errors import LockHeld
+
 LOCK_NAME = ".pipeline.lock"
-
-
-class LockHeld(RuntimeError):
-    """Another live process holds the output (one line: who, and the way out)."""
 
 
 def pid_alive(pid: int) -> bool:

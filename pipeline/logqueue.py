@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .errors import one_line
+from .errors import is_disk_full, one_line
 from .lock import pid_alive, store_creation_lock
 from .tracking import Tracker
 
@@ -179,6 +179,7 @@ class LoggingThread:
         self.workers = workers or (8 if http else 1)  # SQLite takes one writer at a time
         self.max_batch_runs = max_batch_runs
         self.error: str | None = None
+        self.failure: BaseException | None = None  # the exception behind ``error`` (a full disk stops the sweep)
         self.busy_s = 0.0  # time the thread spent in MLflow calls
         self.logged_count = 0
         self.duplicates_removed = 0
@@ -226,9 +227,10 @@ class LoggingThread:
             return fn(*args)
         except Exception as exc:  # noqa: BLE001 - never lose the sweep to the tracking server
             if self.error is None:
-                self.error = one_line(exc)
-                print(f"warning: MLflow logging failed ({self.error}); going on with Parquet only", file=sys.stderr,
-                      flush=True)
+                self.error, self.failure = one_line(exc), exc
+                if not is_disk_full(exc):  # a full disk stops the sweep: its summary says so, in one line
+                    print(f"warning: MLflow logging failed ({self.error}); going on with Parquet only",
+                          file=sys.stderr, flush=True)
         finally:
             self.busy_s += time.perf_counter() - t0
             self._progress = time.monotonic()
@@ -277,11 +279,11 @@ class LoggingThread:
             raise RuntimeError(self.error)
         return self.tracker.logged_run_ids() | set(self.guard.others)
 
-    def add_artifact(self, name: str, text: str) -> None:
+    def add_artifact(self, name: str, text: str, create: bool = False) -> None:
         """A text file on the parent run, once everything queued is logged (the client is the thread's)."""
         self.flush(degrade_after_s())
         if self.error is None:
-            self._call(self.tracker.add_artifact, name, text)
+            self._call(self.tracker.add_artifact, name, text, create)
 
     def close(self, status: str = "FINISHED", summary: list[str] | None = None) -> None:
         """Drain the queue (bounded: no progress for :func:`degrade_after_s` is a hang), then end

@@ -10,16 +10,18 @@ import math
 
 import torch
 
+from .faults import time_limit
 from .grid import TaskSpec
 from .task import execute
 
 
-def _remote_execute(task: TaskSpec, num_cpus: float, commit: str) -> dict:
+def _remote_execute(task: TaskSpec, num_cpus: float, commit: str, limit_s: float = math.inf) -> dict:
     import ray  # (here and below) Ray takes seconds to import: only a sweep that trains needs it
 
     torch.set_num_threads(max(1, int(num_cpus)))
     device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
-    return execute(task, device=device, git_commit=commit)
+    with time_limit(limit_s):  # raises faults.TaskTimeLimit in the task, which the driver retries
+        return execute(task, device=device, git_commit=commit)
 
 
 class TaskPool:
@@ -44,8 +46,9 @@ class TaskPool:
     def full(self) -> bool:
         return len(self._in_flight) >= self.window
 
-    def submit(self, task: TaskSpec, tag=None) -> None:
-        self._in_flight[self._remote.remote(task, self._num_cpus, self._commit)] = (task, tag)
+    def submit(self, task: TaskSpec, tag=None, limit_s: float = math.inf) -> None:
+        """Start ``task`` on Ray, to raise ``faults.TaskTimeLimit`` after ``limit_s`` seconds."""
+        self._in_flight[self._remote.remote(task, self._num_cpus, self._commit, limit_s)] = (task, tag)
 
     def next(self, timeout: float | None = None) -> tuple[TaskSpec, object, dict | None, BaseException | None] | None:
         """Block until a task finishes: (task, tag, result, None) or (task, tag, None, error);

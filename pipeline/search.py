@@ -24,14 +24,14 @@ from analysis.defaults import ABOVE, BELOW
 from analysis.success import criterion
 from records.identity import run_id, run_id_of_record
 from records.schema import THRESHOLDS_SCHEMA, Cell
-from records.tables import atomic_write, read_table
+from records.tables import TRAINED, atomic_write, read_table
 from sobolev.settings import TrainConfig
 
 from .config import SweepConfig
-from .errors import one_line
+from .errors import ConfigError, DiskFull, one_line
 from .grid import base_cells, tasks_for
+from .options import RunOptions, options_of
 from .session import SweepReport, SweepSession
-from .stop import DEFAULT_GRACE_S
 from .widthsearch import WidthSearch, ladder
 
 
@@ -43,11 +43,12 @@ def seed_successes(cfg: SweepConfig, runs: list[dict], curves: pd.DataFrame | No
 
 
 class _Searches:
-    """The searches of every (cell, training setting), and the runs already in Parquet."""
+    """The searches of every (cell, training setting), planned from the config alone, then
+    (:meth:`attach`) the session they run in and the runs already in its Parquet."""
 
-    def __init__(self, cfg: SweepConfig, session: SweepSession):
+    def __init__(self, cfg: SweepConfig):
         s = cfg.search
-        self.cfg, self.session = cfg, session
+        self.cfg = cfg
         self.widths = ladder(s.m_min, s.m_max, s.resolution)
         base = tuple(cfg.seeds.init)
         extra = tuple(range(max(base) + 1, max(base) + 1 + s.extra_seeds))
@@ -58,9 +59,14 @@ class _Searches:
         self.trained = dict.fromkeys(self.searches, 0)
         self.started = {key: time.perf_counter() for key in self.searches}
         self.finished: dict[tuple[Cell, TrainConfig], float] = {}
-        done = read_table(session.out, "runs").to_pylist()
-        self.done_runs = {run_id_of_record(r): r for r in done}
         self.needs_curves = criterion_needs_curves(cfg)
+        self.session: SweepSession | None = None
+        self.done_runs: dict[str, dict] = {}
+
+    def attach(self, session: SweepSession) -> None:
+        self.session = session
+        done = read_table(session.out, "runs", filter=TRAINED).to_pylist()
+        self.done_runs = {run_id_of_record(r): r for r in done}
 
     def curves_of(self, records: list[dict]) -> pd.DataFrame | None:
         if not self.needs_curves or not records:
@@ -104,20 +110,21 @@ def criterion_needs_curves(cfg: SweepConfig) -> bool:
     return criterion(cfg.search.criterion).needs_curves
 
 
-def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri: str | None = None,
-               mlflow: bool = True, address: str | None = None, num_cpus: int | None = None,
-               progress: bool = True, wait: float | None = None,
-               grace_s: float = DEFAULT_GRACE_S) -> tuple[SweepReport, pd.DataFrame]:
+def run_search(cfg: SweepConfig, options: RunOptions | None = None,
+               **keywords) -> tuple[SweepReport, pd.DataFrame]:
+    """Search every cell's critical width (the config's ``search`` section); ``options`` or its
+    fields as keywords, as for :func:`pipeline.driver.run_sweep`. Returns the report and the
+    thresholds table (also written to ``<out>/thresholds/``)."""
+    options = options_of(options, keywords)
     if cfg.search is None:
-        raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
+        raise ConfigError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
     from tqdm import tqdm  # only a search that trains draws a bar: `--help` and `status` stay light
 
-    session = SweepSession(cfg, "search", out=out, tracking_uri=tracking_uri, mlflow=mlflow, address=address,
-                           num_cpus=num_cpus, wait=wait, grace_s=grace_s)
-    with session:
+    state = _Searches(cfg)  # the plan: every cell's search, from the config alone
+    with SweepSession(cfg, "search", options) as session:
+        state.attach(session)
         session.open_tracker()
-        state = _Searches(cfg, session)
-        bar = tqdm(total=len(state.searches), unit="cell", disable=not progress, file=sys.stderr,
+        bar = tqdm(total=len(state.searches), unit="cell", disable=not options.progress, file=sys.stderr,
                    desc=f"{cfg.name} search", mininterval=0.5 if sys.stderr.isatty() else 15.0)
         try:
             for key in state.searches:
@@ -135,13 +142,19 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
         finally:
             bar.close()
         table = thresholds_table(cfg, state)
-        path = write_thresholds(session.out, cfg, table)
+        session.report.grid_runs = int(table["runs_used"].sum())
+        if session.report.disk_full is not None:  # nothing more can be written; the resume searches again
+            return session.report, table
+        try:
+            path = session.write(write_thresholds, session.out, cfg, table)
+        except DiskFull as full:
+            session.note_disk_full(full)
+            return session.report, table
         if session.tracker:
             try:
                 session.tracker.add_artifact(f"thresholds/{path.stem}.csv", table.to_csv(index=False))
             except Exception as exc:  # noqa: BLE001 - the thresholds are in Parquet; MLflow is reported incomplete
                 session.report.mlflow_error = session.report.mlflow_error or one_line(exc)
-        session.report.grid_runs = int(table["runs_used"].sum())
     return session.report, table
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from records.identity import run_id_of_record
-from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
+from records.schema import CELL_COLUMNS, FAILED, TRAINING_COLUMNS
 from records.tables import read_table
 
 from .config import SweepConfig
@@ -18,7 +18,8 @@ from .grid import plan
 
 
 def cell_status(cfg: SweepConfig, out: Path) -> pd.DataFrame:
-    """One row per grid cell: planned, done, diverged, pending, last (newest ``created_at``)."""
+    """One row per grid cell: planned, done, diverged, pending, last (newest ``created_at``), and
+    failed (runs the pipeline could not train, pending too: the next invocation retries them)."""
     tasks, _ = plan(cfg)
     table = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS, "status", "created_at"])
     # indexed by each row's current run id (rows of an older version may carry an older one)
@@ -26,12 +27,15 @@ def cell_status(cfg: SweepConfig, out: Path) -> pd.DataFrame:
         pd.Index([run_id_of_record(r) for r in table.to_pylist()], name="run_id"))
     rows: dict[str, dict] = {}
     for t in tasks:
-        row = rows.setdefault(t.cell.label(), dict(cell=t.cell.label(), planned=0, done=0, diverged=0, last=""))
+        row = rows.setdefault(t.cell.label(), dict(cell=t.cell.label(), planned=0, done=0, diverged=0, last="",
+                                                   failed=0))
         have = runs.loc[runs.index.intersection(list(t.run_ids))]
+        failed = have["status"] == FAILED
         row["planned"] += len(t.seeds)
-        row["done"] += len(have)
+        row["done"] += int((~failed).sum())
+        row["failed"] += int(failed.sum())
         row["diverged"] += int((have["status"] == "diverged").sum())
-        row["last"] = max([row["last"], *have["created_at"].tolist()])
+        row["last"] = max([row["last"], *have.loc[~failed, "created_at"].tolist()])
     table = pd.DataFrame(list(rows.values()))
     table.insert(4, "pending", table.planned - table.done)
     table["last"] = table["last"].replace("", "-")
@@ -44,6 +48,10 @@ def status_lines(cfg: SweepConfig, out: Path) -> list[str]:
     lines = [table.to_string(index=False), "",
              f"{cfg.name}: {done} of {planned} runs done ({int(table.diverged.sum())} diverged), "
              f"{planned - done} pending; cells complete: {int((table.pending == 0).sum())} of {len(table)}"]
+    failed = int(table.failed.sum())
+    if failed:
+        lines.append(f"{failed} of the pending runs are recorded as failed (failure_reason in the runs table); "
+                     f"rerun the same command to train them again")
     log = out / "sweep_log.jsonl"
     if log.is_file():
         entries = [json.loads(x) for x in log.read_text().splitlines() if x.strip()]

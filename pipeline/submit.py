@@ -7,7 +7,10 @@ with what a plain ``ray job submit`` misses:
 - the commit of this checkout, passed as ``SOBOLEV_GIT_COMMIT`` (the upload has no ``.git``),
   with ``+dirty`` when the working tree has uncommitted changes (they are uploaded too);
 - the upload is the repository root less ``.gitignore`` and ``.rayignore`` (results, notebooks'
-  outputs, databases), so it stays small.
+  outputs, databases), so it stays small;
+- before uploading, the CLI checks the command as the job would (config, options) and that it
+  writes nothing into the job's temporary working directory (``pipeline.destinations``): the same
+  one-line errors and exit code 2 as a local command.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .session import SetupError, git_commit
+from .errors import SetupError
+from .session import git_commit
 
 REPO = Path(__file__).resolve().parents[1]
 

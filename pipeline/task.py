@@ -3,19 +3,29 @@
 No Ray, MLflow or file output here beyond the documented test-only hooks, so the
 driver (or a test) can call :func:`execute` directly.
 
-Test-only settings (environment variables, read by the task):
+Test-only settings (environment variables, read by the task; none is set outside the tests):
 - ``SOBOLEV_WORK_LOG=<path>``: append one line per trained run (its run_id), to count training work.
 - ``SOBOLEV_FAULT_EXIT_ONCE=<dir>``: the first task to start creates ``<dir>/fired`` and kills its
   own worker process with ``os._exit(1)`` before training (a worker death, which Ray retries).
-- ``SOBOLEV_TASK_DELAY=<seconds>``: sleep before training (to kill a driver or node mid-sweep).
+- ``SOBOLEV_TASK_DELAY=<seconds>``: sleep before training (to kill a driver or node mid-sweep, or,
+  longer than the task's time limit, a task that hangs).
+- ``SOBOLEV_TASK_DELAY_SEED=<seed>``: only tasks whose batch holds this seed sleep (so that the
+  retry of a hung task at half the replicas hangs in one half only).
+- ``SOBOLEV_TASK_MEMORY_CAP=<bytes>``: a real memory limit: while a task runs, its process may map
+  at most this many bytes more than it had when its first task started (``RLIMIT_AS``, restored
+  after each task; a worker process runs many tasks and keeps some memory it freed mapped, so the
+  limit is counted from one fixed point, as a memory limit on the worker would be). An allocation
+  beyond it fails as out of memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import json
 import os
+import resource
 import time
 
 import numpy as np
@@ -29,7 +39,11 @@ from sobolev.problem import alpha_beta
 from .grid import TaskSpec
 
 
-def _test_hooks(task: TaskSpec) -> None:
+_MAPPED_AT_FIRST_TASK: list[int] = []  # SOBOLEV_TASK_MEMORY_CAP's fixed point, once per process
+
+
+@contextlib.contextmanager
+def _test_hooks(task: TaskSpec):
     marker_dir = os.environ.get("SOBOLEV_FAULT_EXIT_ONCE")
     if marker_dir:
         try:
@@ -39,8 +53,22 @@ def _test_hooks(task: TaskSpec) -> None:
         except FileExistsError:
             pass
     delay = float(os.environ.get("SOBOLEV_TASK_DELAY", "0") or 0)
-    if delay:
+    only = os.environ.get("SOBOLEV_TASK_DELAY_SEED")
+    if delay and (not only or int(only) in task.seeds):
         time.sleep(delay)
+    cap = int(os.environ.get("SOBOLEV_TASK_MEMORY_CAP", "0") or 0)
+    if not cap:
+        yield
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if not _MAPPED_AT_FIRST_TASK:
+        with open("/proc/self/statm") as fh:  # the first field: the pages mapped now
+            _MAPPED_AT_FIRST_TASK.append(int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE"))
+    resource.setrlimit(resource.RLIMIT_AS, (_MAPPED_AT_FIRST_TASK[0] + cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
 
 
 def instance_metrics(problem, lam: float, delta_fail: float) -> dict:
@@ -61,16 +89,17 @@ def instance_metrics(problem, lam: float, delta_fail: float) -> dict:
 def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown") -> dict:
     """Train ``task``: ``{"runs": [record, ...], "curves": {column: list}, "span": (start, end)}``
     (``span`` in seconds since the epoch, to split a sweep's wall time into training and the rest)."""
-    _test_hooks(task)
-    started = time.time()
-    start = time.perf_counter()
-    c, tr = task.cell, task.train
-    dtype = getattr(torch, tr.dtype)
-    problem = make_problem(c.n, c.d, c.k, c.delta, bias=c.bias, target=c.target, seed=c.data_seed,
-                           delta_2=c.delta_2, dtype=dtype, device=device)
-    lam = lambda_star(problem)
-    params = init_params(len(task.seeds), c.m, c.d, bias=c.bias, seeds=list(task.seeds), dtype=dtype, device=device)
-    result = train(params, problem, tr, lambda_star=lam)
+    with _test_hooks(task):
+        started = time.time()
+        start = time.perf_counter()
+        c, tr = task.cell, task.train
+        dtype = getattr(torch, tr.dtype)
+        problem = make_problem(c.n, c.d, c.k, c.delta, bias=c.bias, target=c.target, seed=c.data_seed,
+                               delta_2=c.delta_2, dtype=dtype, device=device)
+        lam = lambda_star(problem)
+        params = init_params(len(task.seeds), c.m, c.d, bias=c.bias, seeds=list(task.seeds), dtype=dtype,
+                             device=device)
+        result = train(params, problem, tr, lambda_star=lam)
     wall = time.perf_counter() - start
     run_ids = task.run_ids
     common = dict(sweep=task.sweep, task_id=task.task_id, **dataclasses.asdict(c), **dataclasses.asdict(tr),

@@ -31,7 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
-from records.tables import read_table
+from records.tables import TRAINED, read_table
+
+from .errors import TrackingError
 
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
 TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
@@ -44,10 +46,6 @@ URI_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql"
 # MLflow 3's UI opens an experiment on its GenAI overview unless the link asks for the runs table;
 # the tag marks the experiment as classical ML for the UI's own experiment lists
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-
-
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used (one line: what and the fix)."""
 
 
 def resolve_uri(cli_uri: str | None, config_uri: str | None) -> str:
@@ -213,10 +211,11 @@ class Tracker:
                     self.client.log_text(self.parent_id, str(v), f"{k}.json")
         return self.parent_id
 
-    def add_artifact(self, name: str, text: str) -> None:
-        """A text file on the parent run, if there is one (nothing logged: nothing to attach to)."""
-        if self.parent_id is not None:
-            self.client.log_text(self.parent_id, text, name)
+    def add_artifact(self, name: str, text: str, create: bool = False) -> None:
+        """A text file on the parent run, if there is one (nothing logged: nothing to attach to),
+        or made for it (``create``: e.g. the list of runs that failed when none was trained)."""
+        if self.parent_id is not None or create:
+            self.client.log_text(self.parent(), text, name)
 
     def _batch(self, mlflow_id: str, metrics=(), params=None, tags=None) -> None:
         from mlflow.entities import Metric, Param, RunTag  # as in __init__: MLflow only where it is used
@@ -292,8 +291,9 @@ class Tracker:
 
 
 def sync(tracker: Tracker, out: Path) -> int:
-    """Log every run that is in Parquet but not yet in MLflow; return how many."""
-    runs = read_table(out, "runs")
+    """Log every run that is in Parquet but not yet in MLflow; return how many (runs recorded
+    as failed are not trained runs: the list of them is an artifact of the invocation's parent)."""
+    runs = read_table(out, "runs", filter=TRAINED)
     missing = set(runs.column("run_id").to_pylist()) - tracker.logged_run_ids()
     if not missing:
         return 0

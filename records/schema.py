@@ -4,7 +4,8 @@
 - the training settings (the fields of :class:`sobolev.TrainConfig`),
 - the training summary and curves (``sobolev.record.SUMMARY_FIELDS`` / ``CURVE_FIELDS``),
 - the instance's measured quantities and the theory's numbers (:data:`INSTANCE_COLUMNS`),
-- provenance (:data:`PROVENANCE_COLUMNS`).
+- provenance (:data:`PROVENANCE_COLUMNS`),
+- why the pipeline could not train a run (:data:`FAILURE_COLUMNS`).
 
 The pipeline writes with these schemas, the analysis reads with them, and the tests build
 their synthetic tables from them. Importing this module needs pyarrow and numpy (through
@@ -71,8 +72,13 @@ INSTANCE_COLUMNS: dict[str, type] = dict(lambda_star=float, delta_1=float, delta
 # ``delta_fail``: the failure probability ``m_thm`` was computed at.
 PROVENANCE_COLUMNS: dict[str, type] = dict(device=str, wall_time=float, task_wall_time=float, version=str,
                                            git_commit=str, created_at=str, batch_seeds=str, delta_fail=float)
+# A run the pipeline could not train (out of memory, past its time limit, its task raised) is a
+# row with status :data:`FAILED` and the reason, its measurements null; the next invocation retries
+# it. Readers of results leave such rows out (``records.tables.TRAINED``).
+FAILURE_COLUMNS: dict[str, type] = dict(failure_reason=str)
+FAILED = "failed"
 RUN_COLUMNS: dict[str, type] = {**IDENTITY_COLUMNS, **CELL_COLUMNS, **TRAINING_COLUMNS, **SUMMARY_FIELDS,
-                                **INSTANCE_COLUMNS, **PROVENANCE_COLUMNS}
+                                **INSTANCE_COLUMNS, **PROVENANCE_COLUMNS, **FAILURE_COLUMNS}
 CURVE_COLUMNS: dict[str, type] = {"run_id": str, **{f: t for f, t in CURVE_FIELDS.items() if f != "replica"}}
 # One row per searched cell (``python -m pipeline search``).
 THRESHOLD_COLUMNS: dict[str, type] = {

@@ -13,13 +13,19 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from .identity import run_id_of_record
-from .schema import CELL_COLUMNS, CURVES_SCHEMA, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
+from .schema import CELL_COLUMNS, CURVES_SCHEMA, FAILED, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
 
 MANIFEST = "sweep.json"
 QUARANTINE = "_corrupt"
+# the files of a task the pipeline could not train (rows with status FAILED, no curves): the next
+# invocation moves them aside (:func:`supersede_failed`) and trains their runs again
+FAILED_PREFIX = "failed-"
+# the rows of the runs table that are trained runs (not a failure the next invocation retries)
+TRAINED = ~pc.field("status").isin([FAILED])
 
 
 class ResultsError(ValueError):
@@ -30,17 +36,48 @@ def atomic_write(table: pa.Table, path: Path, compression: str = "snappy") -> No
     """``table`` as the Parquet file ``path``, whole or not at all: written under a dot-prefixed
     temporary name (which readers skip), synced, then renamed."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    pq.write_table(table, tmp, compression=compression)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
+    try:
+        pq.write_table(table, tmp, compression=compression)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # e.g. a full disk: give its space back, leave nothing half
+        raise
     os.replace(tmp, path)
 
 
 def write_task(out: Path, task_id: str, runs: list[dict], curves: dict[str, list]) -> None:
     """Both tables of one finished task; curves first, so a run row never exists without
-    its curves (the runs table is what resume reads)."""
-    atomic_write(pa.Table.from_pydict(curves, schema=CURVES_SCHEMA), out / "curves" / f"{task_id}.parquet")
-    atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
+    its curves (the runs table is what resume reads). If the runs file cannot be written (a full
+    disk), the curves file is removed again: the task is not done, and nothing of it is left."""
+    curves_file = out / "curves" / f"{task_id}.parquet"
+    atomic_write(pa.Table.from_pydict(curves, schema=CURVES_SCHEMA), curves_file)
+    try:
+        atomic_write(pa.Table.from_pylist(runs, schema=RUNS_SCHEMA), out / "runs" / f"{task_id}.parquet")
+    except BaseException:
+        curves_file.unlink(missing_ok=True)
+        raise
+
+
+def write_failed(out: Path, task_id: str, runs: list[dict]) -> None:
+    """The rows of a task the pipeline could not train (status ``FAILED``, with the reason) as
+    ``runs/failed-<task_id>.parquet``, beside an empty curves file of the same name."""
+    write_task(out, FAILED_PREFIX + task_id, runs, {c: [] for c in CURVES_SCHEMA.names})
+
+
+def supersede_failed(out: Path) -> list[str]:
+    """Move the files of failed tasks to ``<out>/_superseded/failed-<time>/``, so that their runs
+    are trained again and written once; returns the run ids they held."""
+    files = [f for t in TABLES for f in table_files(out, t) if f.name.startswith(FAILED_PREFIX)]
+    if not files:
+        return []
+    ids = pa.concat_tables([pq.read_table(f, columns=["run_id"]) for f in files if f.parent.name == "runs"]
+                           or [pa.table({"run_id": pa.array([], pa.string())})]).column("run_id").to_pylist()
+    dest = out / "_superseded" / f"failed-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
+    for f in sorted(files, key=lambda f: f.parent.name == "runs"):  # curves first: never a curves file alone
+        (dest / f.parent.name).mkdir(parents=True, exist_ok=True)
+        os.replace(f, dest / f.parent.name / f.name)
+    return ids
 
 
 MANIFEST_VERSION = 2  # 2: the fingerprint leaves out training settings at their default
@@ -139,9 +176,10 @@ def read_table(out: Path, table: str, columns: list[str] | None = None, filter=N
 
 
 def done_run_ids(out: Path) -> set[str]:
-    """The current run ids of the runs in ``out`` (recomputed from each row's recorded
-    configuration, so that rows written under an older id rule are recognised)."""
-    rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS]).to_pylist()
+    """The current run ids of the runs trained in ``out`` (recomputed from each row's recorded
+    configuration, so that rows written under an older id rule are recognised; failed rows are
+    not done)."""
+    rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS], filter=TRAINED).to_pylist()
     return {run_id_of_record(r) for r in rows}
 
 
@@ -169,7 +207,8 @@ def compact(out: Path) -> dict[str, int]:
     start) finishes or undoes a compaction that was cut off, so no row is ever there twice."""
     out = Path(out)
     recover_compaction(out)
-    sources = {t: [f.name for f in table_files(out, t)] for t in TABLES}
+    # failed tasks' files stay apart: the next invocation moves them aside whole (supersede_failed)
+    sources = {t: [f.name for f in table_files(out, t) if not f.name.startswith(FAILED_PREFIX)] for t in TABLES}
     if max(len(v) for v in sources.values()) <= 1:
         return {t: 0 for t in TABLES}
     name = f"compact-{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.parquet"
