@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.dataset as ds
 
 from records.schema import TABLES
-from records.tables import read_table, table_files
+from records.tables import TRAINED, read_table, table_files
 
 # Columns the analysis functions use, plus those a notebook needs to tell runs apart; the
 # loaders read these unless told otherwise.
@@ -68,9 +68,11 @@ def load_runs(out: str | Path, columns: Sequence[str] | None = RUN_COLUMNS) -> p
     """The runs table of results directory ``out`` (``<out>/runs``), one row per run.
 
     Reads ``columns`` (default :data:`RUN_COLUMNS`, those the analysis uses; ``None`` for all).
+    Rows of runs the pipeline could not train (status ``failed``: out of memory, time limit; the
+    next invocation retries them) are not results and are left out.
     Raises if a ``run_id`` appears twice: a run counted twice would inflate a cell's seeds.
     """
-    runs = _read(out, "runs", columns)
+    runs = _read(out, "runs", columns, TRAINED)
     if "run_id" in runs.columns:
         dup = runs["run_id"][runs["run_id"].duplicated()]
         if len(dup):

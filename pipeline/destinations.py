@@ -25,8 +25,8 @@ from .errors import SetupError
 from .options import RunOptions
 
 KEEP = "on storage the head keeps"
-TRACKING_FIX = (f"pass --tracking-uri http://HOST:PORT (an MLflow server) or sqlite:////ABSOLUTE/PATH.db ({KEEP}), "
-                f"or --no-mlflow")
+TRACKING_FIX = (f"pass --tracking-uri http://HOST:PORT (an MLflow server) or sqlite:////ABSOLUTE/PATH.db (an "
+                f"absolute path {KEEP}), or --no-mlflow")
 
 
 def check_output_dir(out: Path) -> None:

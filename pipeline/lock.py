@@ -135,6 +135,11 @@ class OutputLock:
         self.release()
 
 
+def creation_lock_path(db: Path) -> Path:
+    """The lock file beside an SQLite store (left there: ``.gitignore`` ignores it)."""
+    return db.parent / f".{db.name}.create.lock"
+
+
 @contextlib.contextmanager
 def store_creation_lock(uri: str):
     """Serialise opening a ``sqlite:///`` MLflow store across processes: two drivers creating a
@@ -145,7 +150,7 @@ def store_creation_lock(uri: str):
         return
     db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(db.parent / f".{db.name}.create.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    fd = os.open(creation_lock_path(db), os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)  # held for the seconds of a schema creation at most
         yield

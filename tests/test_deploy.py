@@ -13,6 +13,8 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from pipeline.grid import plan
 from pipeline_helpers import mlflow_children, start_head, stop_cluster, tiny_config, tiny_dict, write_yaml
 from records.tables import read_table
@@ -147,3 +149,76 @@ def test_rayjob_manifest_matches_kuberays_crd_schema():
     broken["spec"]["shutdownAfterJobFinish"] = True
     with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
         jsonschema.validate(broken, schema)
+
+
+@pytest.mark.slow
+def test_submit_checks_on_the_client_before_uploading_and_the_job_refuses_its_temporary_directory(tmp_path):
+    """Against a real head: a bad config, a bad option, a relative --out and a tracking store the job
+    would keep in its temporary working directory are refused by `submit` with one line and exit 2,
+    and nothing reaches the cluster (no job). A plain `ray job submit` of the same command is refused
+    by the driver on the head, in one line, before any work. A good submission runs, with its
+    progress bar never past 100% and no TqdmWarning."""
+    ray_bin = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+               RAY_AUTH_MODE="disabled")
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    try:
+        address = start_head(env, temp)
+        good = tiny_dict(name="sub", grid=dict(n=[4], m=[16]))
+        cfg_path = write_yaml(tmp_path / "sub.yaml", good)
+        bad_path = write_yaml(tmp_path / "bad.yaml", tiny_dict(name="sub", grid=dict(k=[5])))
+        out, uri = tmp_path / "out", f"sqlite:///{tmp_path / 'mlflow.db'}"
+        submit = [sys.executable, "-m", "pipeline", "submit", "--address", address, "--", "run"]
+        refused = {
+            "k=5 must be < d=5": [bad_path, "--out", str(out), "--tracking-uri", uri],
+            "--num-cpus: 0 CPUs": [cfg_path, "--out", str(out), "--tracking-uri", uri, "--num-cpus", "0"],
+            "output: runs/sub is relative: under submit": [cfg_path, "--out", "runs/sub", "--tracking-uri", uri],
+            "tracking: no --tracking-uri and no tracking.uri in the config": [cfg_path, "--out", str(out)],
+            "tracking: sqlite:///mlflow.db is a relative path": [cfg_path, "--out", str(out), "--tracking-uri",
+                                                                  "sqlite:///mlflow.db"],
+        }
+        for words, args in refused.items():
+            proc = subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+            lines = (proc.stdout + proc.stderr).strip().splitlines()
+            assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], (words, proc.returncode, lines)
+        jobs = subprocess.run([ray_bin, "job", "list", "--address", address], env=env, capture_output=True,
+                              text=True, timeout=120)
+        assert jobs.returncode == 0 and "submission_id" not in jobs.stdout, jobs.stdout  # nothing was uploaded
+
+        by_hand = submit_when_agent_up(
+            [ray_bin, "job", "submit", "--address", address, "--working-dir", str(REPO), "--", "python", "-m",
+             "pipeline", "run", cfg_path, "--out", str(out), "--no-progress"], env, tmp_path)
+        # one line (Ray prints the job's log twice: tailed, then in its status message)
+        said = sorted({x for x in (by_hand.stdout + by_hand.stderr).splitlines() if x.startswith("error: ")})
+        assert by_hand.returncode != 0 and len(said) == 1, by_hand.stdout[-3000:]
+        assert "exit code 2" in by_hand.stdout + by_hand.stderr
+        assert re.match(r"error: tracking: the MLflow store sqlite:///\S+/working_dir_files/_ray_pkg_\w+/mlflow.db "
+                        r"would be inside the job's temporary working directory", said[0]), said
+        assert not out.exists()  # refused before any work
+
+        job = submit_when_agent_up([*submit, cfg_path, "--out", str(out), "--tracking-uri", uri], env, tmp_path)
+        text = job.stdout + job.stderr
+        assert job.returncode == 0, text[-3000:]
+        assert "TqdmWarning" not in text
+        shown = [int(p) for p in re.findall(r"(\d+)%\|", text)]
+        assert shown and max(shown) == 100, shown
+        assert read_table(out, "runs").num_rows == plan(tiny_config(name="sub", grid=dict(n=[4], m=[16])))[1]
+    finally:
+        stop_cluster(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_the_lock_files_the_pipeline_leaves_are_ignored_by_git():
+    """`.pipeline.lock` in an output and `.mlflow.db.create.lock` beside the default SQLite store (the
+    repository root when run from there) are never left untracked in a checkout, nor uploaded."""
+    from pipeline.lock import LOCK_NAME, creation_lock_path
+
+    paths = [REPO / LOCK_NAME, creation_lock_path(REPO / "mlflow.db"), creation_lock_path(REPO / "runs" / "x.db")]
+    assert creation_lock_path(REPO / "mlflow.db").name == ".mlflow.db.create.lock"
+    for path in paths:
+        check = subprocess.run(["git", "check-ignore", "-q", str(path.relative_to(REPO))], cwd=REPO)
+        assert check.returncode == 0, f"{path.relative_to(REPO)} is not ignored by .gitignore"
+    tracked = subprocess.run(["git", "check-ignore", "-q", "pipeline/cli.py"], cwd=REPO)
+    assert tracked.returncode == 1  # the check can fail

@@ -142,6 +142,25 @@ def test_results_path_resolves_from_the_root_and_from_notebooks(name, tmp_path, 
     assert scope["RESULTS"] == tmp_path
 
 
+@pytest.mark.slow
+def test_the_documented_notebook_command_works_from_any_directory(smoke_results, tmp_path):
+    """`python -m pipeline notebooks`, as the documentation gives it, run from a directory that is not
+    the repository: it finds the notebooks from the package and executes them into their .ipynb."""
+    docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
+    assert "python -m pipeline notebooks --results /data/smoke" in docs
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "notebooks", "analyze", "--results", str(smoke_results),
+                           "--into", "executed"], cwd=elsewhere, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    nb = jupytext.read(elsewhere / "executed" / "analyze.ipynb")
+    assert outputs(nb, "error") == [] and len(outputs(nb, "image")) >= MIN_IMAGES["analyze"]
+    assert f"results directory: {smoke_results}" in "\n".join(outputs(nb, "text"))
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "notebooks", "analyse"], cwd=elsewhere,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: notebooks: no notebook 'analyse'")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_ipynb_in_sync_with_py(name):
     py = jupytext.read(NOTEBOOKS / f"{name}.py")

@@ -141,3 +141,35 @@ def test_interrupted_compaction_is_undone_or_finished(tmp_path, cut_after):
     runs = read_table(tmp_path, "runs").column("run_id").to_pylist()
     assert sorted(runs) == sorted(ids)  # every run exactly once
     assert not (tmp_path / COMPACT_JOURNAL).exists()
+
+
+def test_failed_rows_are_not_results_and_are_set_aside_for_the_retry(tmp_path):
+    """A task the pipeline could not train is recorded as rows with status 'failed' and the reason
+    (files named failed-<task>); done_run_ids, load_runs and compact leave them out, old files read
+    with a null reason, and supersede_failed moves them aside whole so the retry writes each run once."""
+    from analysis.load import load_runs
+    from records.schema import FAILED
+    from records.tables import FAILED_PREFIX, TRAINED, compact, supersede_failed, table_files, write_failed
+
+    cfg, ids = _three_tasks(tmp_path)
+    lost = plan(cfg)[0][0]
+    for t in ("runs", "curves"):  # the task is not done: its files go, a failure record comes
+        (tmp_path / t / f"{lost.task_id}.parquet").unlink()
+    write_failed(tmp_path, lost.task_id, lost.failed_records("out of memory: MemoryError: ", "abc"))
+    assert {f.name for f in table_files(tmp_path, "curves")} >= {f"{FAILED_PREFIX}{lost.task_id}.parquet"}
+    rows = read_table(tmp_path, "runs").to_pylist()
+    failed = [r for r in rows if r["status"] == FAILED]
+    assert sorted(r["run_id"] for r in failed) == sorted(lost.run_ids)
+    assert {r["failure_reason"] for r in failed} == {"out of memory: MemoryError: "}
+    assert {r["failure_reason"] for r in rows if r["status"] != FAILED} == {None}  # written before the column: null
+    assert all(r["lambda_star"] is None and r["seed"] in lost.seeds for r in failed)
+    assert done_run_ids(tmp_path) == ids - set(lost.run_ids)
+    assert read_table(tmp_path, "runs", filter=TRAINED).num_rows == len(ids) - len(lost.seeds)
+    assert set(load_runs(tmp_path)["run_id"]) == ids - set(lost.run_ids)
+    trained = len(table_files(tmp_path, "runs")) - 1
+    assert compact(tmp_path) == {"runs": trained, "curves": trained}  # the failed task's files stay apart
+    assert len(table_files(tmp_path, "runs")) == 2
+    assert sorted(supersede_failed(tmp_path)) == sorted(lost.run_ids)
+    assert not [f for t in ("runs", "curves") for f in table_files(tmp_path, t) if f.name.startswith(FAILED_PREFIX)]
+    assert len(list((tmp_path / "_superseded").glob("failed-*/*/*.parquet"))) == 2
+    assert read_table(tmp_path, "runs").num_rows == len(ids) - len(lost.seeds) and supersede_failed(tmp_path) == []
