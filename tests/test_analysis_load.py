@@ -99,3 +99,52 @@ def test_end_to_end_from_parquet(tmp_path):
         truth = {"c": np.log(4.0), "p": 2.0, "q": 1.0}[term]
         assert row["lo"] <= truth <= row["hi"]
     np.testing.assert_allclose(th["log10_gap"], np.log10(th["m_star"] / th["m_thm"]))
+
+
+def test_the_default_columns_derive_from_the_schema_and_the_criteria():
+    from analysis.load import curve_columns, run_columns
+    from analysis.success import declared_columns
+    from records.schema import (CELL_COLUMNS, CURVES_SCHEMA, IDENTITY_COLUMNS, INSTANCE_COLUMNS, PROVENANCE_COLUMNS,
+                                TRAINING_COLUMNS)
+    from sobolev.record import SUMMARY_FIELDS
+
+    read = set(run_columns())
+    for group in (IDENTITY_COLUMNS, CELL_COLUMNS, TRAINING_COLUMNS, SUMMARY_FIELDS, INSTANCE_COLUMNS):
+        assert set(group) <= read
+    assert not read & set(PROVENANCE_COLUMNS)  # how a run was made: read on request (columns=None)
+    runs_declared, curves_declared = declared_columns()
+    assert {c for c in runs_declared if c in RUN_SCHEMA.names} <= read
+    assert set(curve_columns()) == {"run_id", "step"} | {c for c in curves_declared if c in CURVES_SCHEMA.names}
+    assert {"value_rel_interval_max", "deriv_rel_interval_max"} <= set(curve_columns())  # settled_both's
+
+
+def test_every_registered_criterion_judges_what_the_loaders_read_by_default(tmp_path):
+    """No column patched in by hand: the default read is enough for every registered criterion."""
+    from analysis.success import criteria
+    from tests.analysis_synth import floor_curves, planted_floor_runs
+
+    runs = planted_floor_runs(law={"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}, ns=(4, 8), ks=(1, 2),
+                              widths=2 ** np.arange(6, 12), instances=2, seeds=2, tau=0.3, sigma=0.3, rng_seed=4,
+                              train_eps=1e-6)
+    write_results(tmp_path, runs, floor_curves(runs))
+    runs, curves = load_results(tmp_path)
+    success = run_success(runs, curves, eps_grid=[1e-3], criteria=criteria())
+    assert set(success["criterion"]) == set(criteria()) and success["success"].any()
+
+
+def test_a_criterion_registered_later_is_read_by_default(tmp_path):
+    from analysis import success
+    from analysis.load import RUN_COLUMNS
+
+    runs, curves = _tables()
+    write_results(tmp_path, runs, curves)
+    assert "H_drift" not in load_curves(tmp_path).columns and "git_commit" not in load_runs(tmp_path).columns
+    success.register("drifting", columns=("status", "git_commit"), curve_columns=("run_id", "step", "H_drift"))(
+        lambda runs, curves, eps: pd.Series(True, index=runs.index))
+    try:
+        assert "H_drift" in load_curves(tmp_path).columns and "git_commit" in load_runs(tmp_path).columns
+        assert "git_commit" not in RUN_COLUMNS  # the constant holds the defaults at import
+    finally:
+        del success._REGISTRY["drifting"]
+    with pytest.raises(TypeError, match="list of column names"):
+        load_runs(tmp_path, columns="run_id")
