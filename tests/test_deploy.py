@@ -11,6 +11,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+import pytest
+
 from pipeline.grid import plan
 from pipeline.results import read_table
 from pipeline_helpers import mlflow_children, start_head, stop_cluster, tiny_config, tiny_dict, write_yaml
@@ -29,6 +31,7 @@ def test_upload_holds_the_code_not_results(tmp_path):
     assert (tmp_path / "pkg.zip").stat().st_size < 2 * 2**20
 
 
+@pytest.mark.slow  # a Ray head started by ray start, a job submitted
 def test_pipeline_submit_with_rays_default_token_auth(tmp_path):
     """A head started with Ray's defaults where a token exists (as `ray start` or a first `ray.init()`
     leaves it in ~/.ray/auth_token): a plain `ray job submit` is refused; `python -m pipeline submit`

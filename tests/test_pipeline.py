@@ -13,6 +13,8 @@ from pipeline.results import CURVES_SCHEMA, RUNS_SCHEMA, read_table
 from pipeline.tracking import PARAM_FIELDS
 from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 
+pytestmark = pytest.mark.slow  # end to end: a local Ray, MLflow (a real server too), Parquet
+
 
 def work_done(work_log, since: int) -> list[str]:
     return work_log.read_text().splitlines()[since:]

@@ -36,6 +36,8 @@ from pipeline_helpers import free_port, mlflow_children, tiny_dict, wait_http, w
 
 DEADLINE = 240  # seconds any one sweep may take here before the test gives up
 
+pytestmark = pytest.mark.slow  # real Ray clusters, MLflow servers and CLI drivers, killed mid-sweep
+
 
 # -- helpers -----------------------------------------------------------------------------------
 

@@ -15,6 +15,8 @@ from pipeline.results import read_table
 from pipeline.schema import RUNS_SCHEMA, conform
 from pipeline.task import execute
 
+pytestmark = pytest.mark.slow  # re-makes and trains tasks of the shipped study
+
 STUDY = Path(__file__).parents[1] / "results" / "cpu_study"
 VOLATILE = {"wall_time", "task_wall_time", "created_at", "git_commit", "device"}  # when, where, which commit
 
