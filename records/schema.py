@@ -68,9 +68,11 @@ INSTANCE_COLUMNS: dict[str, type] = dict(lambda_star=float, delta_1=float, delta
                                          m_thm=float, prop1_bound=float)
 # ``batch_seeds``: the initialisation seeds trained together in the run's task (a JSON list).
 # In float32 a run's trajectory depends on its batch (rounding), so this is what re-makes it exactly.
-# ``delta_fail``: the failure probability ``m_thm`` was computed at.
+# ``delta_fail``: the failure probability ``m_thm`` was computed at. ``threads``: the CPU threads the task
+# trained with (a GEMM's summation order, hence the last bits, may follow it; null where not recorded).
 PROVENANCE_COLUMNS: dict[str, type] = dict(device=str, wall_time=float, task_wall_time=float, version=str,
-                                           git_commit=str, created_at=str, batch_seeds=str, delta_fail=float)
+                                           git_commit=str, created_at=str, batch_seeds=str, delta_fail=float,
+                                           threads=int)
 RUN_COLUMNS: dict[str, type] = {**IDENTITY_COLUMNS, **CELL_COLUMNS, **TRAINING_COLUMNS, **SUMMARY_FIELDS,
                                 **INSTANCE_COLUMNS, **PROVENANCE_COLUMNS}
 CURVE_COLUMNS: dict[str, type] = {"run_id": str, **{f: t for f, t in CURVE_FIELDS.items() if f != "replica"}}

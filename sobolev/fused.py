@@ -25,6 +25,13 @@ it, the eager rule runs everywhere.
 No array expressions inside the ``parallel=True`` kernels: numba makes each one (an
 ``np.zeros``, a slice's ``sum``) a parallel region of its own, 1-3 us a launch, which cost
 20-45 us a step before they were written as loops.
+
+The kernels run on numba's ``workqueue`` threading layer, not its OpenMP one: once numba's
+OpenMP pool has run, MKL's ``eigvalsh`` in the same process (``lambda_*``, the spectra of
+``H(t)`` that set the step size) returned different last bits than before it, so a run re-made
+as the first task of a fresh process differed from the same run re-made after another task
+(BENCHMARKS.md, "Reproducibility"; ``tests/test_reproducible.py``). The OpenMP layer is
+2-8% faster per step; reproducibility is worth more.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ try:
     import numpy as np
 except ImportError:  # pragma: no cover - numba is a dependency; the eager route remains
     numba = None
+else:
+    # before any parallel kernel runs in the process: the layer is chosen at the first launch
+    numba.config.THREADING_LAYER = "workqueue"
 
 
 def fused_available(device: torch.device) -> bool:
@@ -318,12 +328,12 @@ class FusedReluPatterns(ReluPatterns):
     def _update(self, previous: torch.Tensor, new: torch.Tensor, keep: bool) -> None:
         self.kernel(new, keep)
 
-    def net_since_check(self, W):
+    def net_since_check(self, W, res):
         # from the words: dA is non-zero at the few changed bits only
         flips = self.kernel.net_change()
-        jump = self._jump(self.dA, W)
+        jump, inject = self._jump(self.dA, W, res)
         self.kernel.clear()
-        return flips, jump.cpu().numpy()
+        return flips, jump.cpu().numpy(), inject.cpu().numpy()
 
     def flipped_from_start(self, start, a):
         return torch.from_numpy(self.kernel.differ(self.start_words)).double()

@@ -55,9 +55,20 @@ class PatternRule:
         """After a weight update; ``keep``: the previous pattern is still needed (a check follows)."""
         raise NotImplementedError
 
-    def net_since_check(self, W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Bits that differ from the last check's pattern, and the jump they put into the
-        derivative residual ``||V^T (A_now - A_then)^T W||``; the pattern becomes the snapshot."""
+    def net_since_check(self, W: torch.Tensor, res: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The net flips of a check interval and what they did to the residual; the pattern becomes
+        the snapshot.
+
+        Args:
+            W: (R, m, D) the weights after the interval's last step.
+            res: (n, k+1, R) the residual ``(f - y, F - h)`` of the interval's last step.
+
+        Returns:
+            Per replica (R,): the bits that differ from the last check's pattern (int64); the jump
+            they put into the derivative residual, ``||V^T (A_now - A_then)^T W||``; and the energy
+            they put into ``||r||^2`` to first order, ``2 <res, J> - ||J||^2``, with ``J`` the jump of
+            ``(f, F)``, ``(x_i^T dG_i, V_i^T dG_i)``, ``dG = (A_now - A_then)^T W`` (float64).
+        """
         raise NotImplementedError
 
     def flipped_from_start(self, start: StartState, a: torch.Tensor) -> torch.Tensor:
@@ -84,9 +95,9 @@ class FrozenPatterns(PatternRule):
     def advance(self, keep: bool = False) -> None:
         pass
 
-    def net_since_check(self, W):
+    def net_since_check(self, W, res):
         zeros = np.zeros(len(self.current))
-        return zeros.astype(np.int64), zeros
+        return zeros.astype(np.int64), zeros, zeros
 
     def flipped_from_start(self, start, a):
         return torch.zeros(len(self.current), dtype=torch.float64, device=self.current.device)
@@ -112,7 +123,7 @@ class ReluPatterns(PatternRule):
     ``drop``)."""
 
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
-        self.XT, self.V_rows = data.XT, data.XVT[:, 1:].contiguous()
+        self.XT, self.X, self.V_rows = data.XT, data.X, data.XVT[:, 1:].contiguous()
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
         self._start_counts(Aa0)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
@@ -151,20 +162,25 @@ class ReluPatterns(PatternRule):
             torch.sum(previous.ne_(new), (1, 2), out=self.step_flips)
             self.flips_gross.add_(self.step_flips)
 
-    def _jump(self, dA: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
-        """``||V^T dA^T W||`` per replica (R,) float64, for the patterns' change ``dA`` (R, m, n)."""
+    def _jump(self, dA: torch.Tensor, W: torch.Tensor, res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``||V^T dA^T W||`` and the injection ``2 <res, J> - ||J||^2`` per replica (R,) float64, for
+        the patterns' change ``dA`` (R, m, n) and the residual ``res`` (n, k+1, R)."""
         dG = dA.transpose(1, 2) @ W  # (R, n, D)
-        return torch.bmm(self.V_rows, dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
+        dF = torch.bmm(self.V_rows, dG.permute(1, 2, 0))  # (n, k, R): V_i^T dG_i
+        norm = dF.double().pow(2).sum((0, 1)).sqrt()
+        df = (dG * self.X).sum(-1).T  # (n, R): x_i^T dG_i; small, as flipped neurons have w_r^T x_i near 0
+        J = torch.cat([df[:, None, :], dF], dim=1).double()
+        return norm, 2 * (res.double() * J).sum((0, 1)) - J.pow(2).sum((0, 1))
 
-    def net_since_check(self, W):
+    def net_since_check(self, W, res):
         # the net count compares the pattern of the interval's last step start, P(W_{s-1}),
         # with the previous check's: kept as it was recorded (the trajectory fixture)
         last_used = self.spare
         dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
-        jump = self._jump(dA, W)
+        jump, inject = self._jump(dA, W, res)
         flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1).cpu().numpy().astype(np.int64)  # <= m a point
         self.snapshot, self.spare = last_used, dA
-        return flips, jump.cpu().numpy()
+        return flips, jump.cpu().numpy(), inject.cpu().numpy()
 
     def flipped_from_start(self, start, a):
         Aa0 = signed_pattern(start.W0, a, self.XT, self.spare)  # the spare is free between steps

@@ -31,6 +31,7 @@ class Workspace:
         self.Ra, self.data = Ra, data
         self.G = torch.empty(Ra, n, D, dtype=dtype, device=device)
         self.res = torch.empty(n, k1, Ra, dtype=dtype, device=device)
+        self.last_res = torch.zeros(n, k1, Ra, dtype=dtype, device=device)  # res of a call's last step
         self.zero = torch.zeros((), dtype=dtype, device=device)
         self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
         self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
@@ -58,7 +59,8 @@ class Workspace:
 
         Returns:
             The losses (Ra, n_steps) at the weights each step started from. Their parts
-            ``1/2 ||e||^2`` and ``1/2 ||S||^2`` are then in ``parts[:, :n_steps]`` (2, n_steps, Ra).
+            ``1/2 ||e||^2`` and ``1/2 ||S||^2`` are then in ``parts[:, :n_steps]`` (2, n_steps, Ra),
+            and the last step's residual ``(f - y, F - h)`` in ``last_res`` (n, k+1, Ra).
         """
         if self.losses.shape[0] < n_steps:
             dtype, device = self.G.dtype, self.G.device
@@ -81,6 +83,8 @@ class Workspace:
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
             applied.add_(live)
+            if j == n_steps - 1:  # the residual the check's flips are measured against
+                self.last_res.copy_(res)
             res.mul_(torch.mul(eta, live, out=eta_live))
             torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
             W.baddbmm_(pattern.current, uR, alpha=-1)

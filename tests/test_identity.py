@@ -39,6 +39,7 @@ def test_results_of_an_older_version_are_recognised_as_done(v1_results):
     assert all(r["batch_seeds"] is None for r in runs)
 
 
+@pytest.mark.slow  # a resume on a local Ray
 def test_resume_of_an_older_directory_trains_nothing(local_ray, work_log, v1_results):
     from pipeline.driver import run_sweep
 
@@ -49,6 +50,7 @@ def test_resume_of_an_older_directory_trains_nothing(local_ray, work_log, v1_res
     assert len(work_log.read_text().splitlines()) == before
 
 
+@pytest.mark.slow  # a subprocess training, into Parquet and MLflow, with a patched setting
 def test_a_defaulted_setting_added_in_one_place_reaches_yaml_parquet_mlflow_and_train(monkeypatch, tmp_path):
     """Add a field to sobolev.TrainConfig (the one definition) and rebuild what derives from it in a
     fresh interpreter: the YAML accepts it, the schema and MLflow params carry it, train receives it,

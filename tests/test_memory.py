@@ -43,6 +43,7 @@ print(json.dumps(peaks))
 """
 
 
+@pytest.mark.slow  # a subprocess training large shapes to measure their peak memory
 @pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux's peak-RSS reset")
 def test_model_matches_measured_peak_within_25_percent():
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",

@@ -15,6 +15,8 @@ from pipeline.task import execute
 from records.schema import RUNS_SCHEMA, conform
 from records.tables import read_table
 
+pytestmark = pytest.mark.slow  # re-makes and trains tasks of the shipped study
+
 STUDY = Path(__file__).parents[1] / "results" / "cpu_study"
 VOLATILE = {"wall_time", "task_wall_time", "created_at", "git_commit", "device"}  # when, where, which commit
 
