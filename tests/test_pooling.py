@@ -3,8 +3,9 @@
 the floor law and the search's thresholds table with no other edit.
 
 The setting is added in a fresh interpreter, before anything derives from ``TrainConfig``, as a
-user would add it: a field with a default and a doc (``_setting``). Two arms of runs differ only in it (and in what it did
-to their losses); every table keeps them apart, each arm's rows equal to that arm analysed alone.
+user would add it: a field with a default and a doc (``_setting``). Two arms of runs differ only in
+it (and in what it did to their losses); every table keeps them apart, each arm's rows equal to that
+arm analysed alone.
 """
 
 import subprocess
