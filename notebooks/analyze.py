@@ -63,10 +63,10 @@ import pandas as pd
 from IPython.display import display
 from matplotlib.ticker import NullFormatter
 
-from analysis import (CURVE_COLUMNS, beside_thresholds, control_comparison, criteria, criterion, fit_exponents,
-                      fit_floor_law, floor_exponents, instance_thresholds, load_results, loglog_slopes, loss_floor,
-                      run_success, sensitivity_summary, sensitivity_table, theorem_exponents, theory_gap,
-                      threshold_ratio)
+from analysis import (EXPERIMENT_SETTINGS, beside_thresholds, control_comparison, criteria, criterion, fit_exponents,
+                      fit_floor_law, floor_exponents, floor_group_columns, instance_thresholds, load_results,
+                      loglog_slopes, loss_floor, run_success, sensitivity_summary, sensitivity_table, theorem_exponents,
+                      theory_gap, threshold_ratio)
 from analysis.comparisons import CONTROL_CELL, THEOREM_CAVEAT
 from analysis.plots import (anchored_power_law, censor_legend_handles, exponent_table, interval_text,
                             logistic_plot_table, plot_ratio, plot_thresholds, plot_width_medians, threshold_labels)
@@ -88,13 +88,13 @@ NOT_HERE = "not in this results directory"
 # %% [markdown]
 # ## 1. The design
 #
-# Runs of a different training (`mode`, horizon `t_max`, `step_factor`) are different experiments: every success
-# table below keeps them apart as strata, and the headline experiment is one of them.
+# Runs of a different training (any setting but `eps` and `check_every`: `mode`, horizon `t_max`, `step_factor`, ...)
+# are different experiments: every success table below keeps them apart as strata, and the headline experiment is
+# one of them.
 
 # %%
-# every registered criterion's curve columns (settled_both reads the residuals' interval maxima)
-runs, curves = load_results(RESULTS, curve_columns=[*CURVE_COLUMNS, "value_rel_interval_max", "deriv_rel_interval_max"])
-STRATA = ["mode", "t_max", "step_factor"]
+runs, curves = load_results(RESULTS)  # the columns the schema and the criteria declare
+STRATA = list(EXPERIMENT_SETTINGS)
 train_eps = float(runs["eps"].max())
 if EPS is None:
     EPS = [e for e in SENSITIVITY_EPS if e >= train_eps] or [train_eps]
@@ -108,7 +108,7 @@ def listed(v):
     return ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in sorted(v.unique()))
 
 
-design = runs.groupby(["bias", "mode", "t_max", "step_factor", "k_group"]).agg(
+design = runs.groupby(["bias", *STRATA, "k_group"]).agg(
     runs=("run_id", "size"), cells=("run_id", lambda v: runs.loc[v.index].groupby(["n", "k", "delta"]).ngroups),
     n=("n", listed), k=("k", listed), delta=("delta", listed), m=("m", listed),
     instances=("data_seed", "nunique"), seeds=("seed", "nunique"))
@@ -249,7 +249,7 @@ searches = sorted((RESULTS / "thresholds").glob("*.parquet")) if (RESULTS / "thr
 for path in searches:
     found = pd.read_parquet(path)
     print(f"{path.name}: {len(found)} cells, criterion {found['criterion'].iloc[0]} at eps'={found['eps'].iloc[0]:g}")
-    display(exponent_table(fit_exponents(found, by=["bias", "criterion", "eps"])))
+    display(exponent_table(fit_exponents(found, by=["bias", *(c for c in STRATA if c in found), "criterion", "eps"])))
 if not searches:
     print("search thresholds:", NOT_HERE)
 
@@ -264,8 +264,8 @@ if not searches:
 
 # %%
 law = fit_floor_law(runs, n_boot=N_BOOT, seed=0)
+group_cols = floor_group_columns(law)
 law = law.assign(value=interval_text(law["estimate"], law["lo"], law["hi"], 3).to_numpy())
-group_cols = [c for c in ("bias", "mode", "step_factor", "t_max", "k_group") if c in law.columns]
 print("Floor law coefficients per group, 95% intervals:")
 display(law.pivot_table(index=group_cols, columns="term", values="value", aggfunc="first")
         .join(law.groupby(group_cols)[["n_runs", "n_instances", "n_censored", "note"]].first()))
@@ -374,7 +374,7 @@ if len(sens):
 # Intervals: bootstrap over data instances, then seeds (none with one instance).
 
 # %%
-CTRL_CELL = (*CONTROL_CELL, "mode", "t_max", "step_factor")
+CTRL_CELL = (*CONTROL_CELL, *STRATA)
 ctrl_eps = EPS_PLOT if EPS_PLOT is not None else EPS[0]
 
 
@@ -385,7 +385,7 @@ def show_control(name, floor_ratio, th_ratio):
         print(f"{name}: threshold ratio at eps'={ctrl_eps:g}")
         shown = th_ratio[close(th_ratio["eps"], ctrl_eps)]
         display(shown.round({"m_reference": 1, "m_other": 1, "ratio": 2, "lo": 2, "hi": 2}))
-    keys = [c for c in ("n", "k", "delta", "bias", "t_max", "mode", "step_factor")
+    keys = [c for c in ("n", "k", "delta", "bias", *STRATA)
             if c in floor_ratio.columns and floor_ratio[c].nunique() > 1]
     fig, ax = plt.subplots(figsize=(8, 5), layout="constrained")
     groups = floor_ratio.groupby(keys) if keys else [((), floor_ratio)]

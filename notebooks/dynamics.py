@@ -16,7 +16,7 @@
 # %% [markdown]
 # # Training dynamics against the mechanism of the proof
 #
-# The proof of Theorem 1 (Cocola & Hand 2020; `shared/MATH.md`) runs: at large width `lambda_min(H(0)) >= 3/4
+# The proof of Theorem 1 (Cocola & Hand 2020; `docs/MATH.md`) runs: at large width `lambda_min(H(0)) >= 3/4
 # lambda_*` (Lemma 2); the weights move by at most `R ~ 1/sqrt(m)` (Lemma 4), so `H(t)` stays within
 # `lambda_*/4` of `H(0)` in Frobenius norm and `lambda_min(H(t)) >= lambda_*/2`; hence
 # `||r(t)||^2 <= exp(-lambda_* t) ||r(0)||^2`. This notebook checks each step on the recorded runs, and

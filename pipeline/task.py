@@ -106,7 +106,7 @@ def execute(task: TaskSpec, *, device: str = "cpu", git_commit: str = "unknown")
                   **instance_metrics(problem, lam, task.delta_fail),
                   device=str(device), task_wall_time=wall, wall_time=wall / len(task.seeds),
                   version=sobolev.__version__, git_commit=git_commit, batch_seeds=json.dumps(list(task.seeds)),
-                  delta_fail=task.delta_fail,
+                  delta_fail=task.delta_fail, threads=torch.get_num_threads(),
                   created_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     runs = []
     for j, seed in enumerate(task.seeds):

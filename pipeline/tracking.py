@@ -36,9 +36,10 @@ from records.tables import TRAINED, read_table
 from .errors import TrackingError
 
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
-TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
+TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "trend", "device", "task_id")
 CURVE_METRICS = ("loss", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel", "lambda_min", "H_drift",
-                 "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net", "jump_norm", "eta")
+                 "H_drift_2", "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net",
+                 "flips_distinct", "jump_norm", "jump_energy", "eta")
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 _MAX_PARAM_CHARS = 500  # a longer param would be cut by MLflow: it becomes an artifact of the parent instead
 # a store the pipeline can use; a bare word or a path is refused (MLflow would make a directory of it)

@@ -69,9 +69,11 @@ INSTANCE_COLUMNS: dict[str, type] = dict(lambda_star=float, delta_1=float, delta
                                          m_thm=float, prop1_bound=float)
 # ``batch_seeds``: the initialisation seeds trained together in the run's task (a JSON list).
 # In float32 a run's trajectory depends on its batch (rounding), so this is what re-makes it exactly.
-# ``delta_fail``: the failure probability ``m_thm`` was computed at.
+# ``delta_fail``: the failure probability ``m_thm`` was computed at. ``threads``: the CPU threads the task
+# trained with (a GEMM's summation order, hence the last bits, may follow it; null where not recorded).
 PROVENANCE_COLUMNS: dict[str, type] = dict(device=str, wall_time=float, task_wall_time=float, version=str,
-                                           git_commit=str, created_at=str, batch_seeds=str, delta_fail=float)
+                                           git_commit=str, created_at=str, batch_seeds=str, delta_fail=float,
+                                           threads=int)
 # A run the pipeline could not train (out of memory, past its time limit, its task raised) is a
 # row with status :data:`FAILED` and the reason, its measurements null; the next invocation retries
 # it. Readers of results leave such rows out (``records.tables.TRAINED``).
@@ -80,13 +82,18 @@ FAILED = "failed"
 RUN_COLUMNS: dict[str, type] = {**IDENTITY_COLUMNS, **CELL_COLUMNS, **TRAINING_COLUMNS, **SUMMARY_FIELDS,
                                 **INSTANCE_COLUMNS, **PROVENANCE_COLUMNS, **FAILURE_COLUMNS}
 CURVE_COLUMNS: dict[str, type] = {"run_id": str, **{f: t for f, t in CURVE_FIELDS.items() if f != "replica"}}
-# One row per searched cell (``python -m pipeline search``).
+# One row per searched (cell, training settings) (``python -m pipeline search``): the cell without its
+# width and seed, every training setting, and the search's answer.
+SEARCH_COLUMNS: dict[str, type] = dict(
+    criterion=str, eps=float, target_rate=float, m_star=float, censored=str, m_lo=float, m_hi=float, widths=str,
+    rates=str, runs_used=int, runs_trained=int, confirmed=bool, escalated=str, note=str, wall_time=float)
+# A setting whose name the search's answer uses (``eps``: there the search's tolerance eps') is written
+# ``train_<name>``. Setting name -> its column in the thresholds table.
+THRESHOLD_SETTING_COLUMNS: dict[str, str] = {f: f"train_{f}" if f in SEARCH_COLUMNS else f for f in TRAINING_COLUMNS}
 THRESHOLD_COLUMNS: dict[str, type] = {
     **{f: t for f, t in CELL_COLUMNS.items() if f not in ("m", "seed")},
-    **{f: TRAINING_COLUMNS[f] for f in ("mode", "t_max", "step_factor", "dtype")},
-    **dict(criterion=str, eps=float, target_rate=float, m_star=float, censored=str, m_lo=float, m_hi=float,
-           widths=str, rates=str, runs_used=int, runs_trained=int, confirmed=bool, escalated=str, note=str,
-           wall_time=float),
+    **{THRESHOLD_SETTING_COLUMNS[f]: t for f, t in TRAINING_COLUMNS.items()},
+    **SEARCH_COLUMNS,
 }
 
 

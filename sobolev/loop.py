@@ -25,6 +25,8 @@ import torch
 from .network import Params, check_compatible
 from .ntk import expand_kernel
 from .ntk import lambda_star as _lambda_star
+from .late import LateState
+from .late import summarise as summarise_late
 from .patterns import signed_pattern
 from .problem import Problem
 from .record import CURVE_FIELDS, NUMPY_TYPE, SUMMARY_FIELDS, TrainResult
@@ -123,6 +125,7 @@ class _Run:
         self.host = HostState.start(r0_sq, e0.double().pow(2).sum(1).cpu().numpy(),
                                     S0.double().pow(2).sum((1, 2)).cpu().numpy(), cfg.step_factor / self.lam0[:, -1])
         self.stops = Stops.empty(self.host)
+        self.late, self.late_stops = LateState.start(R), LateState.start(R)
         self.zero_start = not (np.all(self.host.e0_sq > 0) and np.all(self.host.S0_sq > 0))
         self.ws = Workspace(R, data)
         self.out_W = torch.empty_like(W)
@@ -172,6 +175,8 @@ class _Run:
         own_steps = step + n_live
         self.step = step = step + n_steps
         flips_net, jumps = self.pattern.net_since_check(self.loop.W)
+        self.late.record_injection(self.ws.flip_energy.cpu().numpy() / host.r0_sq, host.t, self.lam_star)
+        self.ws.flip_energy.zero_()
         host.flips_net += flips_net
         host.flips_net_total += flips_net
         host.jumps += jumps
@@ -216,6 +221,7 @@ class _Run:
         host.fit += np.concatenate([count, _where(fit_mask, terms, 0.0).sum(2)]).T
         # every loss at weights the replica had (up to its stop); the interval starts after its last row
         had = None if full else j <= n_live[:, None]
+        self.late.record_steps(t_steps, rel, host.eta, had, self.lam_star)
         after_row = None if (host.last_row < self.step).all() else self.step + j > host.last_row[:, None]
         in_interval = after_row if had is None else had if after_row is None else had & after_row
         q = np.where(np.isnan(q) & (start > 0), np.inf, q)  # NaN from divergence
@@ -265,7 +271,8 @@ class _Run:
             rel_loss_interval_min=np.minimum(host.interval_min[sel], rel_or_inf), bound=bound,
             bound_held=r_sq <= bound * (1 + self.tolerance), flips_gross=gross - host.flips_gross_at_row[sel],
             flips_net=host.flips_net[sel].copy(), jump_norm=host.jumps[sel].copy(),
-            flip_fraction=row["flip_fraction"] / (m * n))
+            flip_fraction=row["flip_fraction"] / (m * n), jump_energy=self.late.take_row(sel),
+            flips_distinct=self.pattern.distinct_since_row(sel))
         row.update(value_rel_interval_max=np.maximum(host.value_interval_max[sel], row["value_rel"]),
                    deriv_rel_interval_max=np.maximum(host.deriv_interval_max[sel], row["deriv_rel"]))
         host.interval_max[sel], host.interval_min[sel] = -np.inf, np.inf
@@ -292,9 +299,11 @@ class _Run:
         e, S = e[ix], S[ix]
         e_sq, S_sq = e.double().pow(2).sum(1), S.double().pow(2).sum((1, 2))
         s = (Aa.transpose(1, 2) @ Aa)[ix]
+        dH = expand_kernel(s - start.s0[ix], X, V).double()
         with _lapack_threads():
             ev = torch.linalg.eigvalsh(expand_kernel(s, X, V).double())
-        drift = expand_kernel(s - start.s0[ix], X, V).double().pow(2).sum((1, 2)).sqrt()
+            drift_2 = torch.linalg.eigvalsh(dH).abs().amax(1)  # ||H(t) - H(0)||_2
+        drift = dH.pow(2).sum((1, 2)).sqrt()
         move = torch.linalg.vector_norm(W - start.W0, dim=2).amax(dim=1)[ix].double()
         flipped = self.pattern.flipped_from_start(start, self.loop.a)[ix]
         # distance to the linearised flow exp(-H(0) t) r(0), in H(0)'s eigenbasis
@@ -305,7 +314,8 @@ class _Run:
         r0_sq = self.host.r0_sq[sel]
         host = lambda v: v.cpu().numpy()  # noqa: E731
         return dict(e_sq=host(e_sq), S_sq=host(S_sq), lambda_min=host(ev[:, 0]), lambda_max=host(ev[:, -1]),
-                    H_drift=host(drift), max_weight_move=host(move), flip_fraction=host(flipped),
+                    H_drift=host(drift), H_drift_2=host(drift_2), max_weight_move=host(move),
+                    flip_fraction=host(flipped),
                     lin_dist=host((qr - lin).double().norm(dim=1)) / np.sqrt(r0_sq))
 
     def _stop(self, stop: np.ndarray, own_steps: np.ndarray, reasons: np.ndarray, converged: np.ndarray) -> None:
@@ -321,6 +331,7 @@ class _Run:
         stops.eps_step[reps] = np.where(converged[sel], own_steps[sel], -1)
         stops.eps_t[reps] = np.where(converged[sel], host.t[sel], np.nan)
         stops.host.put(reps, host.take(sel))
+        self.late_stops.put(reps, self.late.take(sel))
         # the last remaining rows move into the stopped rows' places: one row copy per stop
         order = np.flatnonzero(~stop)
         n_keep = len(order)
@@ -332,6 +343,7 @@ class _Run:
         order = np.arange(n_keep)
         order[holes] = movers
         self.host = host.take(order)
+        self.late = self.late.take(order)
         self.ws = Workspace(n_keep, self.data)
         self.eta = None
 
@@ -341,6 +353,12 @@ class _Run:
         order = np.lexsort((curves["step"], curves["replica"]))
         curves = {f: v[order] for f, v in curves.items()}
         summary = _summarise(curves, self.stops, self.lam0, self.lam_star)
+        summary.update(summarise_late(self.late_stops, summary["status"], self.lam_star))
+        R, rep = len(self.lam0), curves["replica"]
+        late = curves["t"] >= summary["late_start"][rep]  # the checkpoints of the late window
+        summary.update(max_H_drift_2=_per_replica(curves, "H_drift_2", np.max, R), lambda_min_late=np.array(
+            [np.min(curves["lambda_min"][(rep == j) & late], initial=np.inf) for j in range(R)]) / self.lam_star)
+        summary = {f: np.asarray(summary[f]).astype(NUMPY_TYPE[kind]) for f, kind in SUMMARY_FIELDS.items()}
         return TrainResult(summary=summary, curves=curves, params=Params.from_effective(self.out_W, a, bias),
                            lambda_star=self.lam_star, config=self.cfg)
 
@@ -348,7 +366,7 @@ class _Run:
 def _summarise(curves: dict[str, np.ndarray], stops: Stops, lam0: np.ndarray, lam_star: float) -> dict[str, np.ndarray]:
     rep, R = curves["replica"], len(lam0)
     last = np.r_[np.flatnonzero(np.diff(rep)), len(rep) - 1]  # final checkpoint of each replica
-    per = lambda f, red: np.array([red(curves[f][rep == j]) for j in range(R)])  # noqa: E731
+    per = lambda f, red: _per_replica(curves, f, red, R)  # noqa: E731
     final = stops.host
     cnt, st, stt, sy, sty = final.fit.T
     var = cnt * stt - st**2
@@ -372,7 +390,13 @@ def _summarise(curves: dict[str, np.ndarray], stops: Stops, lam0: np.ndarray, la
         flips_net_total=final.flips_net_total, jump_norm_total=final.jumps_total,
         lin_dist_final=curves["lin_dist"][last],
     )
-    return {f: np.asarray(values[f]).astype(NUMPY_TYPE[kind]) for f, kind in SUMMARY_FIELDS.items()}
+    return values
+
+
+def _per_replica(curves: dict[str, np.ndarray], field: str, reduce, R: int) -> np.ndarray:
+    """``reduce`` of a curve's values per replica (R,)."""
+    rep = curves["replica"]
+    return np.array([reduce(curves[field][rep == j]) for j in range(R)])
 
 
 @contextlib.contextmanager

@@ -42,6 +42,9 @@ class PatternRule:
     and a value of ``Mode``."""
 
     moves = True  # the pattern (hence H(t)) changes with the weights
+    # (Ra, n, D): what the last update of the pattern changed grad_x f(x_i) by, at the weights it was
+    # made at, (A_new - A_old)^T W; the step reads it to measure what the flips put into ||r||^2
+    dG: torch.Tensor
     current: torch.Tensor
     current_T: torch.Tensor
     flips_gross: torch.Tensor  # (Ra,) float64 (exact integers), cumulative
@@ -64,6 +67,12 @@ class PatternRule:
         """Bits (R,) float64 that differ from the pattern of t = 0."""
         raise NotImplementedError
 
+    def distinct_since_row(self, rows: np.ndarray) -> np.ndarray:
+        """For the active rows ``rows``: the pattern bits (neuron, point) that flipped at least once
+        since the rows' last call (int64), which starts their count again. Against the gross count of
+        the same steps, it tells many bits flipping once from a few flipping back and forth."""
+        raise NotImplementedError
+
     def drop(self, holes, movers, n_keep) -> None:
         raise NotImplementedError
 
@@ -80,6 +89,7 @@ class FrozenPatterns(PatternRule):
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.current, self.current_T = Aa0, Aa0.transpose(1, 2)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
+        self.dG = W.new_zeros(W.shape[0], Aa0.shape[2], W.shape[2])  # nothing flips
 
     def advance(self, keep: bool = False) -> None:
         pass
@@ -91,8 +101,11 @@ class FrozenPatterns(PatternRule):
     def flipped_from_start(self, start, a):
         return torch.zeros(len(self.current), dtype=torch.float64, device=self.current.device)
 
+    def distinct_since_row(self, rows):
+        return np.zeros(len(rows), dtype=np.int64)
+
     def drop(self, holes, movers, n_keep) -> None:
-        move_rows(self, holes, movers, n_keep, ("current", "flips_gross"))
+        move_rows(self, holes, movers, n_keep, ("current", "flips_gross", "dG"))
         self.current_T = self.current.transpose(1, 2)
 
 
@@ -114,6 +127,7 @@ class ReluPatterns(PatternRule):
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.XT, self.V_rows = data.XT, data.XVT[:, 1:].contiguous()
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
+        self.dG = W.new_zeros(W.shape[0], Aa0.shape[2], W.shape[2])
         self._start_counts(Aa0)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
         self.bind(W, a)
@@ -127,10 +141,12 @@ class ReluPatterns(PatternRule):
         self.in_place = Aa0.dtype == torch.float64 or m * n <= 2**24
         self.step_flips = torch.zeros(R, dtype=Aa0.dtype, device=Aa0.device)
         self.step_flips_kept = torch.zeros(R, dtype=torch.int64, device=Aa0.device)
+        self.diff = torch.empty_like(Aa0)  # the signed change of the pattern at a step
+        self.seen = torch.zeros(Aa0.shape, dtype=torch.bool, device=Aa0.device)  # bits flipped since the row
 
     def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
         # views made once, not per step: the pattern GEMM over all replicas' rows
-        self.W2, self.a3 = W.view(-1, W.shape[2]), a[..., None]
+        self.W, self.W2, self.a3 = W, W.view(-1, W.shape[2]), a[..., None]
         self.current_T = self.current.transpose(1, 2)
 
     def advance(self, keep: bool = False) -> None:
@@ -144,6 +160,8 @@ class ReluPatterns(PatternRule):
         """``new``: pre-activations (R, m, n) in, the signed pattern out; ``flips_gross`` += the
         bits that differ from ``previous``, which the eager route may overwrite unless ``keep``."""
         new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
+        torch.bmm(torch.sub(new, previous, out=self.diff).transpose(1, 2), self.W, out=self.dG)
+        self.seen.logical_or_(self.diff != 0)
         if keep or not self.in_place:
             torch.sum(torch.ne(previous, new, out=self.changed), (1, 2), out=self.step_flips_kept)
             self.flips_gross.add_(self.step_flips_kept)
@@ -170,9 +188,15 @@ class ReluPatterns(PatternRule):
         Aa0 = signed_pattern(start.W0, a, self.XT, self.spare)  # the spare is free between steps
         return torch.ne(self.current, Aa0, out=Aa0).sum(1).double().sum(1)  # counts <= m per point: exact
 
+    def distinct_since_row(self, rows):
+        ix = torch.as_tensor(rows, dtype=torch.long, device=self.seen.device)
+        counts = self.seen[ix].sum((1, 2)).cpu().numpy().astype(np.int64)
+        self.seen[ix] = False
+        return counts
+
     def drop(self, holes, movers, n_keep) -> None:
-        move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
-        self.changed = self.changed[:n_keep]
+        move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross", "dG", "seen"))
+        self.changed, self.diff = self.changed[:n_keep], self.diff[:n_keep]
         self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
         self.spare = self.spare[:n_keep]
 

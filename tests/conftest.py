@@ -34,3 +34,25 @@ def local_ray(work_log):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+# The default run is the fast tests; integration tests carry @pytest.mark.slow (registered in
+# pyproject.toml) and run with `-m slow`, or with the rest under `--all`. Any explicit `-m`
+# expression takes over from this default.
+def pytest_addoption(parser):
+    parser.addoption("--all", action="store_true", default=False,
+                     help="run every test, the slow integration tests too (default: those marked slow are left out)")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--all") or config.getoption("markexpr"):
+        return
+    slow = [item for item in items if item.get_closest_marker("slow")]
+    if slow:
+        config.hook.pytest_deselected(items=slow)
+        items[:] = [item for item in items if not item.get_closest_marker("slow")]
+
+
+def pytest_report_header(config):
+    if not (config.getoption("--all") or config.getoption("markexpr")):
+        return "tests marked slow are left out: `-m slow` runs them, `--all` runs everything"

@@ -86,6 +86,7 @@ async def look(devtools: str, runs_url: str, parent: str, children: list[str], c
         return text
 
 
+@pytest.mark.slow  # a sweep on a local Ray, a real mlflow server and headless Chromium
 def test_mlflow_ui_shows_the_runs_table_with_named_children(local_ray, tmp_path):
     port, devtools_port = free_port(), free_port()
     server = subprocess.Popen(

@@ -27,17 +27,19 @@ from pipeline.tracking import Tracker
 from pipeline_helpers import free_port, mlflow_children
 
 HOLD = r"""
-import sys, time
+import select, sys, time
 from pipeline.lock import OutputLock
 lock = OutputLock(sys.argv[1], "holder").acquire()
 print("held", flush=True)
-time.sleep(float(sys.argv[2]))
+select.select([sys.stdin], [], [], float(sys.argv[2]))  # until told to release (a line), or the time is over
+print(time.time(), flush=True)  # just before the release
 lock.release()
 """
 
 
 def _holder(out: Path, seconds: float) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds)], stdout=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(out), str(seconds)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
 
@@ -70,13 +72,27 @@ def test_lock_refuses_names_holder_waits_and_takes_over_a_dead_holders_lock(tmp_
         assert lock.removed == [leftover] and not leftover.exists() and kept.exists()
     assert (out / LOCK_NAME).read_text() == ""  # a clean release leaves no record
 
-    holder = _holder(out, 1.0)  # a live holder that finishes: --wait starts when it does
-    t0 = time.monotonic()
-    with OutputLock(out, wait=float("inf"), poll_s=0.05):
-        assert time.monotonic() - t0 > 0.5
+    holder = _holder(out, DEADLINE)  # a live holder, told to finish once the waiter waits: --wait starts when it does
+
+    class ReleaseOnWait:  # the waiter's stream: the holder is let go once the waiter says it waits
+        text = ""
+
+        def write(self, text):
+            if text.startswith("waiting for"):
+                holder.stdin.write("release\n")
+                holder.stdin.flush()
+            self.text += text
+
+        def flush(self):
+            pass
+
+    said = ReleaseOnWait()
+    with OutputLock(out, wait=float("inf"), poll_s=0.05, stream=said):
+        acquired = time.time()
+    released = float(holder.stdout.readline())
     holder.wait()
-    err = capsys.readouterr().err
-    assert f"waiting for `holder` (pid {holder.pid}" in err and "taking over" not in err
+    assert f"waiting for `holder` (pid {holder.pid}" in said.text and "taking over" not in said.text
+    assert released < acquired  # taken once the holder let go, not before: ordered, on any load
 
 
 def _results(cfg, n_tasks=2):
@@ -85,6 +101,7 @@ def _results(cfg, n_tasks=2):
     return [execute(t) for t in plan(cfg)[0][:n_tasks]]
 
 
+@pytest.mark.slow  # two MLflow trackers logging real tasks, in threads
 def test_two_trackers_same_experiment_each_run_once_and_stale_parents_marked_killed(tmp_path):
     """Two drivers with different outputs log the same runs into one SQLite experiment, one after
     the other and at once: each run_id ends with exactly one whole child. A parent left RUNNING by
@@ -188,6 +205,7 @@ def _wait_for(cond, what: str, proc: subprocess.Popen | None = None, log: Path |
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # three CLI drivers on a local Ray
 def test_second_driver_on_the_same_output_is_refused_or_waits(tmp_path):
     """Driver A runs; B on the same output exits 2 at once naming A; C with --wait starts when A
     ends and finds everything done. Each run trained once, once in Parquet and MLflow."""
@@ -226,6 +244,7 @@ def _parents(uri: str, experiment: str) -> list:
     return client.search_runs([exp.experiment_id], "tags.kind = 'sweep'")
 
 
+@pytest.mark.slow  # a CLI driver stopped mid-sweep, then resumed
 def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     """SIGTERM to a driver mid-sweep: it submits nothing more, lands what finishes within the grace
     time, marks its MLflow parent KILLED, prints the resume command and exits 143. The printed
@@ -239,9 +258,7 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     try:
         _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, tmp_path / "first.log")
         driver.send_signal(signal.SIGTERM)
-        t0 = time.time()
         driver.wait(timeout=60)
-        stop_s = time.time() - t0
     finally:
         kill_group(driver)
     text = (tmp_path / "first.log").read_text()
@@ -252,7 +269,8 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
 
     landed = done_run_ids(out)
     assert landed == at_stop and 0 < len(landed) < len(ids), "not mid-sweep, or a finished task was not written"
-    assert stop_s < 30, stop_s
+    # what was in flight landed within the grace time: the driver did not wait it out and cut tasks off
+    assert "0 runs in flight were cut off" in text, text[-3000:]
     resume = re.search(r"Resume with: (python -m pipeline run .*)$", text, re.M)
     assert resume, text[-3000:]
     assert [p.info.status for p in _parents(uri, cfg.experiment_name())] == ["KILLED"]
@@ -266,10 +284,12 @@ def test_sigterm_mid_sweep_stops_gracefully_then_resume_finishes(tmp_path):
     assert sorted(p.info.status for p in _parents(uri, cfg.experiment_name())) == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.slow  # a real mlflow server, stopped mid-sweep; sync
 def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_path):
-    """The MLflow server is SIGSTOPped mid-sweep (connections accepted, never answered): the
-    driver warns within the stated time (logqueue.degrade_after_s under the environment's HTTP
-    settings), finishes into Parquet (exit 3); with the server resumed, `sync` fills MLflow."""
+    """The MLflow server is SIGSTOPped mid-sweep (connections accepted, never answered): with the
+    environment's HTTP settings (logqueue.degrade_after_s) the driver warns and finishes into Parquet
+    (exit 3) while the server stays stopped; with the server resumed, `sync` fills MLflow. How long
+    a call waits against that bound is a timing figure: benchmarks/bench_degrade.py prints it."""
     cfg, cfg_path, ids = sweep(tmp_path, "hang", grid=dict(n=[4]))
     out, port = tmp_path / "out", free_port()
     uri = f"http://127.0.0.1:{port}"
@@ -290,17 +310,13 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
         try:
             _wait_for(lambda: any((out / "runs").glob("*.parquet")), "a first task", driver, log_path)
             os.killpg(server.pid, signal.SIGSTOP)
-            hung = time.time()
-            _wait_for(lambda: "warning: MLflow logging failed" in log_path.read_text(), "the warning", driver, log_path,
-                      timeout=bound + 30)
-            warned = time.time() - hung
-            driver.wait(timeout=DEADLINE)
+            # bounded: DEADLINE (240 s) is far below what one call waits under MLflow's own limits (about 20 min)
+            _wait_for(lambda: "warning: MLflow logging failed" in log_path.read_text(), "the warning", driver, log_path)
+            driver.wait(timeout=DEADLINE)  # the server is still stopped: every call it had in flight gave up
         finally:
             kill_group(driver) if driver.poll() is None else None
         text = log_path.read_text()
         assert driver.returncode == 3, text[-3000:]
-        # the call in progress at the stop, at most one more queued behind it, each bounded; plus polling slack
-        assert warned < 2 * bound + 5, (warned, bound)
         assert "MLflow INCOMPLETE" in text
         check_once(cfg, ids, out, None)
         os.killpg(server.pid, signal.SIGCONT)
@@ -320,6 +336,7 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
         kill_group(server)
 
 
+@pytest.mark.slow  # the GPU check script: benchmarks and a CLI sweep
 def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (arguments parsed only), a tiny
     sweep through the CLI with replicas auto, and the memory model, in its one table."""
@@ -357,30 +374,42 @@ def test_stop_exits_by_itself_when_the_main_thread_is_stuck():
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate(timeout=30)
     assert p.returncode == 143, err
-    assert 1.0 <= time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 >= 1.0  # not before the grace time and the margin were over
     assert "SIGTERM received" in err and "did not stop within 1.2 s" in err and "run the same command again" in err
 
 
 OPEN = r"""
-import os, sys, time
+import json, sys, time
+import mlflow.tracking, pipeline.tracking  # imported before the start: what follows is the store's opening
 from pipeline.logqueue import open_tracker
-go = float(sys.argv[2])
-time.sleep(max(0.0, go - time.time()))  # both processes open the new store at the same instant
+print("ready", flush=True)
+sys.stdin.readline()  # both processes are let go at once
+entered = time.time()
 t = open_tracker(sys.argv[1], "race", "race", "c", params={}, out=None)
+opened = time.time()
 t.tracker.parent()  # made, as by the first child logged
 t.close()
 print("opened", t.error)
+print(json.dumps(dict(entered=entered, opened=opened)))
 """
 
 
+@pytest.mark.slow  # two processes importing MLflow and creating its store
 def test_two_drivers_creating_one_new_sqlite_store_at_once_both_succeed(tmp_path):
     """Two processes open the same new SQLite MLflow store at the same instant (the race that made
-    the second driver fail in SQLite's schema creation): creation is serialised, both succeed."""
+    the second driver fail in SQLite's schema creation): creation is serialised, both succeed. They
+    really race: each starts opening before the other has its store open (else the test fails)."""
     uri = f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}"
-    go = time.time() + 12  # after both have imported MLflow
-    procs = [subprocess.Popen([sys.executable, "-c", OPEN, uri, str(go)], stdout=subprocess.PIPE,
+    procs = [subprocess.Popen([sys.executable, "-c", OPEN, uri], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for p in procs:  # both have imported MLflow, however long that took
+        assert p.stdout.readline().strip() == "ready", p.communicate(timeout=60)[1][-2000:]
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and "opened None" in out, err[-2000:]
+    spans = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert max(s["entered"] for s in spans) < min(s["opened"] for s in spans), f"did not race: {spans}"
     assert len(_parents(uri, "race")) == 2

@@ -41,6 +41,7 @@ def test_the_image_copies_every_package_the_project_installs():
     assert {p.rstrip("*") for p in include} <= set(copied), f"include {include}, the image copies {copied}"
 
 
+@pytest.mark.slow  # a Ray head started by ray start, a job submitted
 def test_pipeline_submit_with_rays_default_token_auth(tmp_path):
     """A head started with Ray's defaults where a token exists (as `ray start` or a first `ray.init()`
     leaves it in ~/.ray/auth_token): a plain `ray job submit` is refused; `python -m pipeline submit`

@@ -81,6 +81,7 @@ def executed(smoke_results):
     return done
 
 
+@pytest.mark.slow  # executes both notebooks on a smoke sweep run by the CLI
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs_on_the_smoke_sweep(executed, name):
     nb = executed[name]
@@ -91,6 +92,7 @@ def test_notebook_runs_on_the_smoke_sweep(executed, name):
     assert "results directory:" in text
 
 
+@pytest.mark.slow  # executes both notebooks on a smoke sweep run by the CLI
 def test_analyze_prints_exponents_and_handles_censored_cells(executed):
     text = "\n".join(outputs(executed["analyze"], "text"))
     assert "Runs per part of the study" in text
@@ -112,6 +114,7 @@ def test_analyze_prints_exponents_and_handles_censored_cells(executed):
     assert "the theorem's constant is unknown, compare exponents only" in text
 
 
+@pytest.mark.slow  # executes both notebooks on a smoke sweep run by the CLI
 def test_dynamics_reports_slopes_and_rates(executed):
     text = "\n".join(outputs(executed["dynamics"], "text"))
     assert "Log-log slope of the weight movement against m (Lemma 4: -1/2)" in text

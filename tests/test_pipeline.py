@@ -14,6 +14,8 @@ from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 from records.schema import CURVES_SCHEMA, RUNS_SCHEMA
 from records.tables import read_table
 
+pytestmark = pytest.mark.slow  # end to end: a local Ray, MLflow (a real server too), Parquet
+
 
 def work_done(work_log, since: int) -> list[str]:
     return work_log.read_text().splitlines()[since:]

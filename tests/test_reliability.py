@@ -37,6 +37,8 @@ from records.tables import done_run_ids, prepare, read_table, write_task
 
 DEADLINE = 240  # seconds any one sweep may take here before the test gives up
 
+pytestmark = pytest.mark.slow  # real Ray clusters, MLflow servers and CLI drivers, killed mid-sweep
+
 
 # -- helpers -----------------------------------------------------------------------------------
 

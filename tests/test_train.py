@@ -46,6 +46,7 @@ def test_frozen_mode_follows_linear_recursion(bias, steps):
     np.testing.assert_allclose(res.curves["loss"][last], 0.5 * r.pow(2).sum(1).numpy(), rtol=1e-9)
 
 
+@pytest.mark.slow  # 16 replicas at m = 4096 to t = 12/lambda_*: over 10 s
 def test_relu_mode_wide_fits_far_better_than_narrow():
     p = make_problem(8, 6, 2, 0.5, seed=0, dtype=torch.float64)
     cfg = TrainConfig(mode="relu", eps=1e-12, t_max=12.0, dtype="float64")
@@ -61,6 +62,8 @@ def test_relu_mode_wide_fits_far_better_than_narrow():
     assert med[4096] < 1e-2
 
 
+@pytest.mark.parametrize("bias", [False, pytest.param(True, marks=pytest.mark.slow)],  # with bias: over 30 s
+                         ids=["nobias", "bias"])
 def test_batch_equals_single_runs(bias):
     p = make_problem(6, 5, 2, 0.4, bias=bias, seed=1, dtype=torch.float64)
     cfg = TrainConfig(eps=1e-3, t_max=6.0, check_every=4, dtype="float64")
