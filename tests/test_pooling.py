@@ -95,7 +95,8 @@ from pipeline_helpers import tiny_config
 cfg = tiny_config(grid=dict(n=[4], k=[1], m=[16], bias=[False], warmup=[1.0, 0.5]),
                   search=dict(m_min=8, m_max=128, gallop_octaves=1, eps=0.05, extra_seeds=2, chunk=2))
 (out / "search" / "runs").mkdir(parents=True)
-state = _Searches(cfg, types.SimpleNamespace(out=out / "search"))
+state = _Searches(cfg)
+state.attach(types.SimpleNamespace(out=out / "search"))
 assert sorted(t.warmup for _, t in state.searches) == [0.5, 1.0]
 m_star = {{1.0: 32, 0.5: 64}}  # planted: a run succeeds from this width on
 for (cell, train), search in state.searches.items():
