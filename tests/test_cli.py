@@ -71,6 +71,10 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("proc_out", [cfg("proc", good), "--out", "/proc/x"], "output: cannot write to /proc/x"),
         ("cpus_neg", [cfg("cpus1", good), "--num-cpus", "-1"], "--num-cpus: -1 CPUs"),
         ("cpus_zero", [cfg("cpus0", good), "--num-cpus", "0"], "--num-cpus: 0 CPUs"),
+        ("grace_neg", [cfg("grace", good), "--grace", "-1"], "--grace: -1.0 is not a number of seconds >= 0"),
+        ("timeout0", [cfg("timeout", good), "--task-timeout", "0"], "--task-timeout: 0.0 is not a number of seconds"),
+        ("timeout_cfg", [cfg("timeout_cfg", tiny_dict(resources=dict(task_timeout_s=-5)))],
+         "resources.task_timeout_s"),
         ("seeds0", [cfg("seeds0", tiny_dict(seeds=dict(init=0)))], "seeds.init: a count of seeds must be >= 1; give a count or a list of seeds (got 0)"),
     ]
 
