@@ -36,6 +36,9 @@ out and counted in the row's note.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +58,7 @@ from .success import run_success, success_rates
 from .survival import SURVIVAL_COLUMNS, survival_table
 from .timed import TIME_SLACK, budget_horizon, observed_through, timed_name
 from .widths import (DEFAULT_EPS, DRIFT, HORIZON_COLUMNS, LAWS_COLUMNS, LAWS_FILE, WIDTH_COLUMNS, drift_law,
-                     laws_table, mark_moves, study_horizon, widths_table, write_laws)
+                     laws_table, mark_moves, read_laws, study_horizon, widths_table, write_laws)
 
 SUBSETS = ("main", "long", "drift", "step", "bias")
 RATE_QUANTITIES = ("conv", "rate", "rate_soft")
@@ -83,6 +86,7 @@ DRIFT_TERMS = {"c": ("intercept", "1"), "n": ("a", "n"), "k": ("b", "k"), "delta
                "sigma": ("sigma", "")}
 FILES = {"widths": "widths.csv", "laws": LAWS_FILE, "horizons": "horizons.csv", "choice": "horizon_choice.csv",
          "step": "step.csv", "mechanism": "mechanism.csv", "survival": "survival.csv", "design": "design.csv"}
+META_FILE = "report.json"
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,8 @@ class StudyParts(dict):
 class StudyReport:
     """The tables of the study (see the module docstring), ``horizon``: the study's horizon (the rule's
     choice on the main part; the longest main horizon, said in ``notes``, when no horizon is stable),
-    and ``notes``: sentences on what could not be computed and why."""
+    ``notes``: sentences on what could not be computed and why, and the number and
+    :func:`runs_fingerprint` of the runs it was computed from."""
 
     settings: ReportSettings
     design: pd.DataFrame
@@ -146,6 +151,8 @@ class StudyReport:
     survival: pd.DataFrame
     horizon: float
     notes: tuple[str, ...] = field(default=())
+    n_runs: int = 0
+    fingerprint: str = ""
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """The shipped tables by name (the keys of :data:`FILES`)."""
@@ -560,7 +567,8 @@ def study_report(runs: pd.DataFrame, curves: pd.DataFrame | None, *, horizons: S
     return StudyReport(settings=s, design=study_design(parts), widths=widths, laws=_stack(laws, LAWS_COLUMNS),
                        horizons=horizons_t, choice=pd.DataFrame(choice, columns=CHOICE_COLUMNS), step=step,
                        mechanism=mechanism_table(parts["main"], n_boot=s.n_boot, seed=s.seed, confidence=s.confidence),
-                       survival=survival, horizon=float(study_h), notes=tuple(notes))
+                       survival=survival, horizon=float(study_h), notes=tuple(notes), n_runs=len(runs),
+                       fingerprint=runs_fingerprint(runs))
 
 
 def _write_csv(table: pd.DataFrame, path: Path) -> Path:
@@ -570,9 +578,17 @@ def _write_csv(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def runs_fingerprint(runs: pd.DataFrame) -> str:
+    """A digest of the runs a report was computed from (their sorted ``run_id``): a report read back is
+    checked against the runs at hand with it."""
+    require_columns(runs, ["run_id"], "runs")
+    return hashlib.sha256("\n".join(sorted(runs["run_id"].astype(str))).encode()).hexdigest()[:16]
+
+
 def write_report(report: StudyReport, out: str | os.PathLike) -> dict[str, Path]:
     """Write the report's tables into directory ``out`` as the CSVs of :data:`FILES` (``laws.csv`` by
-    :func:`analysis.widths.write_laws`), each atomically.  Returns the files written by table name."""
+    :func:`analysis.widths.write_laws`) and :data:`META_FILE` (the settings, the study's horizon, the notes
+    and the runs' fingerprint), each atomically.  Returns the files written by table name (``meta`` too)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -581,7 +597,57 @@ def write_report(report: StudyReport, out: str | os.PathLike) -> dict[str, Path]
             written[name] = write_laws(table, out / FILES[name])
         else:
             written[name] = _write_csv(table, out / FILES[name])
+    meta = {"settings": dataclasses.asdict(report.settings), "horizon": report.horizon, "notes": list(report.notes),
+            "n_runs": report.n_runs, "fingerprint": report.fingerprint}
+    tmp = out / f".{META_FILE}.tmp"
+    tmp.write_text(json.dumps(meta, indent=1, allow_nan=True) + "\n")
+    os.replace(tmp, out / META_FILE)
+    written["meta"] = out / META_FILE
     return written
+
+
+class StaleReportError(ValueError):
+    """A report on disk was computed from other runs than those at hand."""
+
+
+def _read_table(path: Path, columns: Sequence[str]) -> pd.DataFrame:
+    table = pd.read_csv(path)
+    require_columns(table, columns, f"report table {path}")
+    for col in ("bias", "extrapolated", "rises_with_m", "moves_later", "expected_in_interval"):
+        if col in table.columns and table[col].dtype == object:
+            table[col] = table[col].map({True: True, False: False, "True": True, "False": False})
+    for col in ("note", "label", "censored", "grid_censored", "term", "regressor", "criterion", "method"):
+        if col in table.columns:
+            table[col] = table[col].astype(object).fillna("")
+    return table
+
+
+def has_report(path: str | os.PathLike) -> bool:
+    """Whether directory ``path`` holds a report written by :func:`write_report`."""
+    return (Path(path) / META_FILE).is_file()
+
+
+def read_report(path: str | os.PathLike, runs: pd.DataFrame | None = None) -> StudyReport:
+    """The report :func:`write_report` wrote into directory ``path``.  With ``runs``, it must have been
+    computed from exactly these runs (:func:`runs_fingerprint`), else :class:`StaleReportError` (one line:
+    rerun ``python -m pipeline report``)."""
+    path = Path(path)
+    if not has_report(path):
+        raise FileNotFoundError(f"no report in {path} (no {META_FILE}): write it with `python -m pipeline report "
+                                f"{path}`")
+    meta = json.loads((path / META_FILE).read_text())
+    if runs is not None and runs_fingerprint(runs) != meta["fingerprint"]:
+        raise StaleReportError(f"the report in {path} was computed from {meta['n_runs']} other runs than the "
+                               f"{len(runs)} at hand: rerun `python -m pipeline report {path}`")
+    columns = {"design": DESIGN_COLUMNS, "widths": WIDTHS_COLUMNS, "laws": LAWS_COLUMNS, "horizons": HORIZONS_COLUMNS,
+               "choice": CHOICE_COLUMNS, "step": STEP_COLUMNS, "mechanism": MECHANISM_COLUMNS,
+               "survival": SURVIVAL_CSV_COLUMNS}
+    tables = {name: (read_laws(path / FILES[name]) if name == "laws" else _read_table(path / FILES[name], cols))
+              for name, cols in columns.items()}
+    settings = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["settings"].items()}
+    return StudyReport(settings=ReportSettings(**settings), horizon=float(meta["horizon"]),
+                       notes=tuple(meta["notes"]), n_runs=int(meta["n_runs"]), fingerprint=meta["fingerprint"],
+                       **tables)
 
 
 def report_results(results: str | os.PathLike, out: str | os.PathLike | None = None, **kwargs) -> dict[str, Path]:

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from analysis.predict import predict_width
-from analysis.report import (FILES, HORIZONS_COLUMNS, MECHANISM_COLUMNS, NOT_OBSERVED, STEP_COLUMNS,
+from analysis.report import (FILES, StaleReportError, has_report, read_report, runs_fingerprint, HORIZONS_COLUMNS, MECHANISM_COLUMNS, NOT_OBSERVED, STEP_COLUMNS,
                              SURVIVAL_CSV_COLUMNS, WIDTHS_COLUMNS, ReportSettings, mechanism_table,
                              part_at_horizon, pool_through, report_results, split_study, study_report,
                              trajectory_keys, write_report)
@@ -249,7 +249,7 @@ def test_settings_are_checked_before_any_work(study):
 
 def test_write_report_and_predict_from_its_laws(report, tmp_path):
     written = write_report(report, tmp_path)
-    assert set(written) == set(FILES) and all(p.parent == tmp_path for p in written.values())
+    assert set(written) == {*FILES, "meta"} and all(p.parent == tmp_path for p in written.values())
     laws = read_laws(tmp_path)
     assert len(laws) == len(report.laws)
     widths = pd.read_csv(written["widths"])
@@ -268,7 +268,7 @@ def test_report_results_reads_a_results_directory(study, tmp_path):
     write_results(tmp_path / "res", few, curves[curves["run_id"].isin(few["run_id"])])
     written = report_results(tmp_path / "res", tmp_path / "out", horizons=HORIZONS, long_horizons=LONG,
                              drift_horizon=DRIFT_T, n_boot=10)
-    assert (tmp_path / "out" / "laws.csv").is_file() and set(written) == set(FILES)
+    assert (tmp_path / "out" / "laws.csv").is_file() and set(written) == {*FILES, "meta"}
 
 
 def test_a_drift_law_with_only_its_intercept_gives_laws_rows(study):
@@ -278,3 +278,19 @@ def test_a_drift_law_with_only_its_intercept_gives_laws_rows(study):
     at = part_at_horizon(one, curves, DRIFT_T, ("lazy",), settings=_settings())
     law = at.laws[(at.laws["quantity"] == "lazy") & (at.laws["method"] == "drift_law")]
     assert list(law["term"]) == ["c"] and np.isfinite(law["estimate"]).all() and law["se"].iloc[0] > 0
+
+
+def test_read_report_round_trip_and_staleness(report, study, tmp_path):
+    runs, _ = study
+    assert not has_report(tmp_path)
+    write_report(report, tmp_path)
+    back = read_report(tmp_path, runs)
+    assert back.horizon == report.horizon and back.settings == report.settings and back.notes == report.notes
+    assert back.fingerprint == runs_fingerprint(runs) and back.n_runs == len(runs)
+    for name, table in report.tables().items():
+        mine = back.tables()[name]
+        assert list(mine.columns) == list(table.columns) and len(mine) == len(table), name
+    np.testing.assert_allclose(back.widths["estimate"].to_numpy(float), report.widths["estimate"].to_numpy(float))
+    assert back.widths["bias"].dtype == bool and list(back.widths["label"]) == list(report.widths["label"])
+    with pytest.raises(StaleReportError, match="rerun `python -m pipeline report"):
+        read_report(tmp_path, runs.iloc[1:])

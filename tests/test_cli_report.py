@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from analysis.report import FILES
+from analysis.report import FILES, META_FILE
 from analysis.widths import read_laws
 from pipeline.cli import main
 from tests.analysis_synth import write_results
@@ -25,7 +25,7 @@ def test_report_writes_the_tables(tmp_path, capsys):
                "--drift-horizon", "12", "--n-boot", "10"])
     assert rc == 0
     said = capsys.readouterr().out
-    for name in FILES.values():
+    for name in [*FILES.values(), META_FILE]:
         assert (tmp_path / "tables" / name).is_file() and f"wrote {tmp_path / 'tables' / name}" in said
     laws = read_laws(tmp_path / "tables")
     assert {"conv", "lazy", "drift", "known"} <= set(laws["quantity"])
