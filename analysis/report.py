@@ -56,7 +56,7 @@ from .known import known_laws
 from .mechanism import EXPECTED, fit_mechanism
 from .success import run_success, success_rates
 from .survival import SURVIVAL_COLUMNS, survival_table
-from .timed import TIME_SLACK, budget_horizon, observed_through, timed_name
+from .timed import TIME_SLACK, budget_horizon, observed_through, time_to, timed_name
 from .widths import (DEFAULT_EPS, DRIFT, HORIZON_COLUMNS, LAWS_COLUMNS, LAWS_FILE, WIDTH_COLUMNS, drift_law,
                      laws_table, mark_moves, read_laws, study_horizon, widths_table, write_laws)
 
@@ -183,7 +183,9 @@ def pool_through(runs: pd.DataFrame, horizon: float) -> pd.DataFrame:
     """
     require_columns(runs, ["t_max", "lambda_star", "run_id"], "runs")
     budget = _budget(runs)
-    kept = runs.loc[budget >= horizon * (1 - TIME_SLACK)].assign(t_max_run=budget)
+    reach = budget >= horizon * (1 - TIME_SLACK)
+    # the budgets of the kept rows only: an empty frame assigned a longer Series would take its index
+    kept = runs.loc[reach].assign(t_max_run=budget[reach].to_numpy())
     kept = kept.sort_values(["t_max_run", "run_id"], ascending=[False, True], kind="stable")
     kept = kept.drop_duplicates(trajectory_keys(kept), keep="first").sort_index()
     return kept.assign(t_max=float(horizon), **({"t_unit": "lambda_star"} if "t_unit" in kept.columns else {}))
@@ -263,13 +265,23 @@ def study_design(parts: StudyParts) -> pd.DataFrame:
 # Widths and laws at one horizon
 
 
-def _observed(runs: pd.DataFrame, horizon: float) -> tuple[pd.DataFrame, str]:
-    """The runs whose outcome at ``horizon`` is known, and a note counting those left out."""
-    known = observed_through(runs, horizon)
+def _observed(runs: pd.DataFrame, horizon: float, eps: float | None = None) -> tuple[pd.DataFrame, str]:
+    """The runs whose outcome at ``horizon`` is known, and a note counting those left out.  With ``eps``
+    (``conv`` and ``rate``, judged at ``eps'``), a run that stopped at a training eps above ``eps'`` before
+    ``horizon`` without reaching ``eps'`` is unknown too (``analysis.timed.reached_by``)."""
+    if eps is None:
+        known = observed_through(runs, horizon)
+    else:
+        done = time_to(runs, eps) <= horizon * (1 + TIME_SLACK)
+        known = observed_through(runs, horizon, done)
     dropped = int((~known).sum())
-    note = (f"{dropped} run(s) stopped before T={horizon:g}/lambda_* without a conclusion (e.g. at a training eps "
-            f"above eps', or max_steps): outcome unknown, left out") if dropped else ""
+    note = (f"{dropped} run(s) stopped before T={horizon:g}/lambda_* without a conclusion (at a training eps above "
+            f"eps', or at max_steps): outcome unknown, left out") if dropped else ""
     return runs[known], note
+
+
+# the criteria judged at eps' (the others read the run's own record up to its stop)
+AT_EPS = ("conv", "rate")
 
 
 def _placeholder(runs: pd.DataFrame, quantities: Sequence[str], horizon: float, eps: float, delta_fail: float,
@@ -315,22 +327,27 @@ def part_at_horizon(runs: pd.DataFrame, curves: pd.DataFrame | None, horizon: fl
     if budget < horizon * (1 - TIME_SLACK):
         note = f"T={horizon:g}/lambda_* is beyond the runs' budget {budget:g}/lambda_*: not observed"
         return AtHorizon(horizon, _placeholder(runs, quantities, horizon, s.eps, s.delta_fail, note, strata), empty)
-    seen, note = _observed(runs, horizon)
-    if seen.empty:
-        return AtHorizon(horizon, _placeholder(runs, quantities, horizon, s.eps, s.delta_fail, note, strata), empty)
-    drift = None
-    if "lazy" in quantities:
-        drift = drift_law(seen, curves, horizon=horizon, by=("bias", *strata), n_boot=s.n_boot, seed=s.seed,
-                          confidence=s.confidence)
-    widths = widths_table(seen, curves, horizon=horizon, eps=s.eps, delta_fail=s.delta_fail, quantities=quantities,
-                          strata=strata, drift=drift, n_boot=s.n_boot, seed=s.seed, confidence=s.confidence)
-    table = empty
-    if laws:
-        table = laws_table(seen, curves, widths=widths, drift=drift, horizon=horizon, eps=s.eps,
-                           delta_fail=s.delta_fail, quantities=quantities, strata=strata, theorem=theorem,
-                           known=known, n_boot=s.n_boot, seed=s.seed, confidence=s.confidence)
-        table = _with_note(table, note)
-    return AtHorizon(horizon, _with_note(widths, note), table, drift)
+    widths, tables, drift = [], [], None
+    for i, q in enumerate(quantities):
+        # widths_table's seeds per quantity, so that the widths are those of one widths_table call
+        seen, note = _observed(runs, horizon, s.eps if q in AT_EPS else None)
+        if seen.empty:
+            widths.append(_placeholder(runs, [q], horizon, s.eps, s.delta_fail, note, strata))
+            continue
+        law = None
+        if q == "lazy":
+            drift = law = drift_law(seen, curves, horizon=horizon, by=("bias", *strata), n_boot=s.n_boot, seed=s.seed,
+                                    confidence=s.confidence)
+        w = widths_table(seen, curves, horizon=horizon, eps=s.eps, delta_fail=s.delta_fail, quantities=(q,),
+                         strata=strata, drift=law, n_boot=s.n_boot, seed=s.seed + i, confidence=s.confidence)
+        widths.append(_with_note(w, note))
+        if laws:
+            tables.append(_with_note(laws_table(seen, curves, widths=w, drift=law, horizon=horizon, eps=s.eps,
+                                                delta_fail=s.delta_fail, quantities=(q,), strata=strata,
+                                                theorem=theorem, known=known, n_boot=s.n_boot, seed=s.seed,
+                                                confidence=s.confidence), note))
+    table = pd.concat(tables, ignore_index=True) if tables else empty
+    return AtHorizon(horizon, pd.concat(widths, ignore_index=True), table, drift)
 
 
 def horizon_rows(at: Sequence[AtHorizon], terms: Sequence[str] = ("p", "q", "r"),
@@ -415,12 +432,10 @@ def step_fractions(runs: pd.DataFrame, curves: pd.DataFrame | None, horizons: Se
     for h in horizons:
         if budget < h * (1 - TIME_SLACK):
             continue
-        seen, note = _observed(runs, h)
-        success = run_success(seen, curves, eps_grid=[eps], criteria=[timed_name(q, h) for q in quantities],
-                              strata=("step_factor",))
-        rates = success_rates(success, confidence)
-        rates = rates.assign(quantity=rates["criterion"].str.partition("@")[0], horizon=float(h), note=note)
-        parts.append(rates)
+        for q in quantities:
+            seen, note = _observed(runs, h, eps if q in AT_EPS else None)
+            success = run_success(seen, curves, eps_grid=[eps], criteria=[timed_name(q, h)], strata=("step_factor",))
+            parts.append(success_rates(success, confidence).assign(quantity=q, horizon=float(h), note=note))
     if not parts:
         return pd.DataFrame(columns=STEP_COLUMNS)
     out = pd.concat(parts, ignore_index=True).reindex(columns=STEP_COLUMNS)
@@ -549,10 +564,13 @@ def study_report(runs: pd.DataFrame, curves: pd.DataFrame | None, *, horizons: S
     laws = []
     at_study = next((a for a in main if a.horizon == study_h and not a.laws.empty), None)
     if at_study is not None:
-        seen, note = _observed(parts["main"], study_h)
-        laws.append(_with_note(laws_table(seen, curves, widths=at_study.widths, horizon=study_h, eps=s.eps,
-                                          delta_fail=s.delta_fail, quantities=RATE_QUANTITIES, theorem=True,
-                                          known=False, n_boot=s.n_boot, seed=s.seed, confidence=s.confidence), note))
+        for q in RATE_QUANTITIES:
+            seen, note = _observed(parts["main"], study_h, s.eps if q in AT_EPS else None)
+            w = at_study.widths[at_study.widths["quantity"] == q]
+            if len(w) and not (w["label"] == NOT_OBSERVED).all():
+                laws.append(_with_note(laws_table(seen, curves, widths=w, horizon=study_h, eps=s.eps,
+                                                  delta_fail=s.delta_fail, quantities=(q,), theorem=True, known=False,
+                                                  n_boot=s.n_boot, seed=s.seed, confidence=s.confidence), note))
     laws += [lazy.laws, drift_law_rows(lazy.drift, parts["drift"], s.drift_horizon)]
     laws += [bias_seen[-1].laws] if bias_seen else []
     laws += [bias_lazy.laws, drift_law_rows(bias_lazy.drift, parts["bias"], s.drift_horizon), known_laws()]

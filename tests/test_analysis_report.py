@@ -12,7 +12,7 @@ from analysis.report import (FILES, StaleReportError, has_report, read_report, r
                              part_at_horizon, pool_through, report_results, split_study, study_report,
                              trajectory_keys, write_report)
 from analysis.survival import survival_table
-from analysis.timed import time_to
+from analysis.timed import t_to_columns, time_to
 from analysis.widths import LAWS_COLUMNS, horizon_table, read_laws, study_horizon, width_thresholds
 from tests.analysis_synth import write_results
 from tests.answer_synth import (complete_answer_runs, conv_probability, planted_curves, planted_study,
@@ -294,3 +294,27 @@ def test_read_report_round_trip_and_staleness(report, study, tmp_path):
     assert back.widths["bias"].dtype == bool and list(back.widths["label"]) == list(report.widths["label"])
     with pytest.raises(StaleReportError, match="rerun `python -m pipeline report"):
         read_report(tmp_path, runs.iloc[1:])
+
+
+def test_pool_through_a_horizon_no_run_reaches_is_empty(study):
+    runs, _ = study
+    assert pool_through(runs, 10_000.0).empty
+
+
+def test_runs_stopped_above_eps_prime_are_left_out_of_conv_and_counted(study):
+    """A run that stopped at a training eps above eps' before T has an unknown conv@T outcome: left out of conv
+    and rate (counted in the note), kept for rate_soft, which reads the run's own record."""
+    runs, curves = study
+    main = split_study(runs, _settings())["main"]
+    cell = main[(main["n"] == 8) & (main["k"] == 2)]
+    early = cell.index[(cell["status"] == "converged") & (cell["t"] * cell["lambda_star"] < 24)][:5]
+    assert len(early) == 5
+    coarse = cell.assign(eps=cell["eps"].where(~cell.index.isin(early), 1e-6))
+    for eps, col in t_to_columns(coarse).items():
+        if eps < 1e-6:
+            coarse.loc[early, col] = np.inf
+    at = part_at_horizon(coarse, curves, 24.0, ("conv", "rate_soft"), settings=_settings())
+    conv = at.widths[at.widths["quantity"] == "conv"].iloc[0]
+    soft = at.widths[at.widths["quantity"] == "rate_soft"].iloc[0]
+    assert "5 run(s) stopped before T=24/lambda_* without a conclusion" in conv["note"]
+    assert "without a conclusion" not in soft["note"]
