@@ -178,15 +178,18 @@ def pool_through(runs: pd.DataFrame, horizon: float) -> pd.DataFrame:
 
     ``t_max`` becomes ``horizon`` (``t_unit`` ``lambda_star``) so that runs of different budgets share a
     cell, ``t_max_run`` keeps each run's own budget, and of several runs of one trajectory
-    (:func:`trajectory_keys`) the one with the longest budget is kept.  Judge the result at ``horizon`` or
-    earlier only: beyond it the runs' budgets differ.
+    (:func:`trajectory_keys`) the one with the shortest budget is kept (it is observed through ``horizon``
+    at least as finely as the others).  Judge the result at ``horizon`` or earlier only: beyond it the runs'
+    budgets differ.
     """
     require_columns(runs, ["t_max", "lambda_star", "run_id"], "runs")
     budget = _budget(runs)
     reach = budget >= horizon * (1 - TIME_SLACK)
     # the budgets of the kept rows only: an empty frame assigned a longer Series would take its index
     kept = runs.loc[reach].assign(t_max_run=budget[reach].to_numpy())
-    kept = kept.sort_values(["t_max_run", "run_id"], ascending=[False, True], kind="stable")
+    # the shortest budget: a run stopped at T recorded its drift and spectrum up to T exactly, a longer one
+    # only at its checkpoints before T (log-spaced: up to 6% lower in the width study)
+    kept = kept.sort_values(["t_max_run", "run_id"], kind="stable")
     kept = kept.drop_duplicates(trajectory_keys(kept), keep="first").sort_index()
     return kept.assign(t_max=float(horizon), **({"t_unit": "lambda_star"} if "t_unit" in kept.columns else {}))
 

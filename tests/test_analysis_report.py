@@ -80,12 +80,15 @@ def test_pool_through_keeps_one_run_per_trajectory_and_relabels_the_budget(study
     assert "t_max" not in keys and {"n", "k", "m", "data_seed", "seed", "step_factor"} <= set(keys)
     assert len(pooled) == len(plain.drop_duplicates(keys)) < len(plain)
     assert not pooled.duplicated(keys).any() and (pooled["t_max"] == DRIFT_T).all()
-    # of a trajectory run at budgets 96 and 384 the longest is kept
+    # of a trajectory run at budgets 96 and 384 the shortest is kept; at 24 and 96, the one at 24
     shared = pooled[(pooled["n"] == 16) & (pooled["k"] == 2) & (pooled["m"] == 256)]
-    assert (shared["t_max_run"] == 384.0).all() and shared["run_id"].str.startswith("a2-").all()
+    assert len(shared) == 12 and (shared["t_max_run"] == 96.0).all() and shared["run_id"].str.startswith("a1-").all()
+    wide = pooled[(pooled["n"] == 16) & (pooled["k"] == 2) & (pooled["m"] == 2**13)]
+    assert set(wide.groupby("seed")["t_max_run"].first()) == {24.0, 96.0}
+    assert (wide[wide["seed"] < 2]["t_max_run"] == 24.0).all()
     # a budget shorter than the horizon is left out
     assert (pool_through(plain, 48.0)["t_max_run"] >= 48.0).all()
-    assert set(pool_through(plain, 48.0)["t_max_run"]) == {96.0, 384.0}
+    assert set(pool_through(plain, 48.0)["t_max_run"]) == {96.0}  # every long trajectory is one of main's
 
 
 def test_split_study_finds_each_part(study):
