@@ -51,14 +51,27 @@ from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
 
 from .defaults import CELL_KEYS, CONFIDENCE, THRESHOLD_KEYS, UNDEFINED
 from .floorlaw import K_GROUP, add_k_group
-from .load import load_curves, load_runs, require_columns
 from .known import known_laws
+from .load import load_curves, load_runs, require_columns
 from .mechanism import EXPECTED, fit_mechanism
 from .success import run_success, success_rates
 from .survival import SURVIVAL_COLUMNS, survival_table
 from .timed import TIME_SLACK, budget_horizon, observed_through, time_to, timed_name
-from .widths import (DEFAULT_EPS, DRIFT, HORIZON_COLUMNS, LAWS_COLUMNS, LAWS_FILE, WIDTH_COLUMNS, drift_law,
-                     laws_table, mark_moves, read_laws, study_horizon, widths_table, write_laws)
+from .widths import (
+    DEFAULT_EPS,
+    DRIFT,
+    HORIZON_COLUMNS,
+    LAWS_COLUMNS,
+    LAWS_FILE,
+    WIDTH_COLUMNS,
+    drift_law,
+    laws_table,
+    mark_moves,
+    read_laws,
+    study_horizon,
+    widths_table,
+    write_laws,
+)
 
 SUBSETS = ("main", "long", "drift", "step", "bias")
 RATE_QUANTITIES = ("conv", "rate", "rate_soft")

@@ -68,8 +68,14 @@ from matplotlib.ticker import NullFormatter
 
 from analysis import load_curves, load_runs, predict_width
 from analysis.plots import censor_legend_handles, interval_text, plot_thresholds
-from analysis.report import (REPORT_CURVE_COLUMNS, ReportSettings, StaleReportError, read_report, study_report,
-                             write_report)
+from analysis.report import (
+    REPORT_CURVE_COLUMNS,
+    ReportSettings,
+    StaleReportError,
+    read_report,
+    study_report,
+    write_report,
+)
 
 plt.rcParams.update({"figure.dpi": FIG_DPI, "savefig.dpi": FIG_DPI, "figure.figsize": (8, 5), "font.size": 10,
                      "axes.titlesize": 11, "axes.labelsize": 10, "legend.fontsize": 9, "xtick.labelsize": 10,
@@ -368,7 +374,7 @@ else:
 # width beyond the studied ones is flagged, a problem outside the domain refused in one line.
 
 # %%
-import tempfile  # noqa: E402
+import tempfile
 
 laws_dir = RESULTS if REPORT_READ else write_report(report, tempfile.mkdtemp(prefix="report-"))["laws"].parent
 d = int(runs["d"].iloc[0])
@@ -398,7 +404,7 @@ else:
         rows = seen[(seen["horizon"] == last) | (seen["quantity"] == "lazy")]
         widths_against("n", ["k", "delta"], f"The bias network's widths against n (rates at T={last:g})", rows,
                        f"bias, T={last:g} (lazy: {report.settings.drift_horizon:g})")
-    bias_laws = shown[shown["bias"] == True] if len(shown) else shown  # noqa: E712 - NaN for the published laws
+    bias_laws = shown[shown["bias"] == True] if len(shown) else shown
     if len(bias_laws):
         display(bias_laws.pivot_table(index=keys, columns="term", values="value", aggfunc="first"))
     else:

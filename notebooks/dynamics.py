@@ -60,8 +60,20 @@ import pandas as pd
 from IPython.display import display
 from matplotlib.ticker import NullFormatter
 
-from analysis import (THRESHOLD_KEYS, drift_law, drift_ratios, drift_until, fit_mechanism, load_curves, load_runs,
-                      plot_mechanism, plot_survival, survival_table, width_medians, widths_table)
+from analysis import (
+    THRESHOLD_KEYS,
+    drift_law,
+    drift_ratios,
+    drift_until,
+    fit_mechanism,
+    load_curves,
+    load_runs,
+    plot_mechanism,
+    plot_survival,
+    survival_table,
+    width_medians,
+    widths_table,
+)
 from analysis.floorlaw import add_k_group
 from analysis.plots import interval_text
 from analysis.report import MECHANISM_TERMS, REPORT_CURVE_COLUMNS, ReportSettings, split_study

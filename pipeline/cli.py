@@ -213,8 +213,8 @@ def _compact(out: Path) -> int:
 
 
 def _report_parser(sub) -> None:
-    rp = sub.add_parser("report", help="write a study's tables (laws.csv, widths.csv, horizons.csv, ...) from its "
-                                       "results directory (analysis.report)")
+    rp = sub.add_parser("report", help="write a study's tables (laws.csv, widths.csv, horizons.csv, ...) from "
+                                       "its results directory (analysis.report)")
     rp.add_argument("out", help="the results directory (e.g. results/widths); run it when no sweep writes into it")
     rp.add_argument("--to", metavar="DIR", help="write the tables here (default: OUT, next to runs/ and curves/)")
     rp.add_argument("--horizons", type=float, nargs="+", default=[48.0, 96.0, 192.0], metavar="T",

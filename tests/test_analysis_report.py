@@ -7,16 +7,33 @@ import pytest
 from scipy import stats
 
 from analysis.predict import predict_width
-from analysis.report import (FILES, StaleReportError, has_report, read_report, runs_fingerprint, HORIZONS_COLUMNS, MECHANISM_COLUMNS, NOT_OBSERVED, STEP_COLUMNS,
-                             SURVIVAL_CSV_COLUMNS, WIDTHS_COLUMNS, ReportSettings, mechanism_table,
-                             part_at_horizon, pool_through, report_results, split_study, study_report,
-                             trajectory_keys, write_report)
+from analysis.report import (
+    FILES,
+    HORIZONS_COLUMNS,
+    MECHANISM_COLUMNS,
+    NOT_OBSERVED,
+    STEP_COLUMNS,
+    SURVIVAL_CSV_COLUMNS,
+    WIDTHS_COLUMNS,
+    ReportSettings,
+    StaleReportError,
+    has_report,
+    mechanism_table,
+    part_at_horizon,
+    pool_through,
+    read_report,
+    report_results,
+    runs_fingerprint,
+    split_study,
+    study_report,
+    trajectory_keys,
+    write_report,
+)
 from analysis.survival import survival_table
 from analysis.timed import t_to_columns, time_to
 from analysis.widths import LAWS_COLUMNS, horizon_table, read_laws, study_horizon, width_thresholds
 from tests.analysis_synth import write_results
-from tests.answer_synth import (complete_answer_runs, conv_probability, planted_curves, planted_study,
-                                pooled_crossing)
+from tests.answer_synth import complete_answer_runs, conv_probability, planted_curves, planted_study, pooled_crossing
 
 SLOPE, A, T0, TAU = 3.0, 30.0, 8.0, 0.15
 LAW = {"p": 1.5, "q": 1.0}
@@ -27,8 +44,8 @@ N_BOOT = 50
 
 
 def _cells(ns, ks):
-    return [dict(n=n, k=k, delta=0.5, m_inf=8 * n ** LAW["p"] * max(k, 1) ** LAW["q"],
-                 m_held=32 * n ** LAW["p"] * max(k, 1) ** LAW["q"]) for n in ns for k in ks]
+    return [{"n": n, "k": k, "delta": 0.5, "m_inf": 8 * n ** LAW["p"] * max(k, 1) ** LAW["q"],
+             "m_held": 32 * n ** LAW["p"] * max(k, 1) ** LAW["q"]} for n in ns for k in ks]
 
 
 def _study():
@@ -109,8 +126,8 @@ def test_conv_widths_at_each_horizon_recover_the_planted_threshold(report, study
     main = w[(w["subset"] == "main") & (w["quantity"] == "conv")].set_index(["n", "k", "horizon"])
     for cell in _cells((8, 16, 32), (0, 2)):
         for T in (48.0, 96.0):
-            truth = pooled_crossing(lambda m, mi: conv_probability(m, mi, T, slope=SLOPE, A=A, T0=T0), cell["m_inf"],
-                                    TAU)
+            truth = pooled_crossing(lambda m, mi, T=T: conv_probability(m, mi, T, slope=SLOPE, A=A, T0=T0),
+                                    cell["m_inf"], TAU)
             row = main.loc[(cell["n"], cell["k"], T)]
             assert row["censored"] == "none" and abs(np.log(row["estimate"] / truth)) < 0.6, (cell, T, row["label"])
     # the same numbers as the tested function on the main part alone

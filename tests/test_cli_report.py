@@ -10,8 +10,8 @@ from tests.answer_synth import planted_curves, planted_study
 
 
 def _results(tmp_path):
-    cells = [dict(n=n, k=k, delta=0.5, m_inf=8 * n**1.5 * max(k, 1), m_held=32 * n**1.5) for n in (8, 16)
-             for k in (0, 2)]
+    cells = [{"n": n, "k": k, "delta": 0.5, "m_inf": 8 * n**1.5 * max(k, 1), "m_held": 32 * n**1.5}
+             for n in (8, 16) for k in (0, 2)]
     runs = planted_study(cells, widths=2 ** np.arange(5, 13), instances=2, seeds=3, rng_seed=0, t_max=96.0,
                          drift={"c": -0.5, "n": 1.0, "k": 0.5, "m": -0.5, "tau": 0.2, "sigma": 0.3}).assign(
         step_factor=1.0)
