@@ -434,6 +434,37 @@ def drift_law_rows(law: pd.DataFrame | None, runs: pd.DataFrame, horizon: float)
     return pd.DataFrame(rows).reindex(columns=LAWS_COLUMNS)
 
 
+def check_lazy_law(widths: pd.DataFrame) -> pd.DataFrame:
+    """``widths`` with the drift law's ``m_lazy`` checked against the measured one, cell by cell: where the
+    measurement says more than the largest studied width while the law's solve lies inside the studied
+    widths, or where both exist and the solve lies outside the measured interval, the law's row says so in
+    ``note`` (a drift that stops falling as a power of ``m`` makes the law's solve too small)."""
+    require_columns(widths, ["quantity", "method", "estimate", "lo", "hi", "censored", "m_min", "m_max", "note"],
+                    "widths")
+    keys = [c for c in widths.columns if c in (*THRESHOLD_KEYS, "step_factor", "subset", "horizon")]
+    lazy = widths[widths["quantity"] == "lazy"]
+    direct = lazy[lazy["method"] == "thresholds"].set_index(keys)
+    out = widths.copy()
+    for i, row in lazy[lazy["method"] == DRIFT].iterrows():
+        key = tuple(row[k] for k in keys)
+        if key not in direct.index or not np.isfinite(row["estimate"]):
+            continue
+        d = direct.loc[key]
+        d = d.iloc[0] if isinstance(d, pd.DataFrame) else d
+        said = ""
+        if d["censored"] == "above" and row["estimate"] <= d["m_max"]:
+            said = (f"contradicted by the measurement: the law's solve {row['estimate']:.0f} lies inside the studied "
+                    f"widths, the measured m_lazy is > {d['m_max']:g}")
+        elif d["censored"] == "below" and row["estimate"] > d["m_min"]:
+            said = (f"contradicted by the measurement: the law's solve {row['estimate']:.0f} lies above the smallest "
+                    f"studied width, the measured m_lazy is <= {d['m_min']:g}")
+        elif d["censored"] == "none" and np.isfinite(d["lo"]) and not d["lo"] <= row["estimate"] <= d["hi"]:
+            said = f"outside the measured interval [{d['lo']:.0f}, {d['hi']:.0f}]"
+        if said:
+            out.loc[i, "note"] = "; ".join(filter(None, [str(row["note"] or ""), said]))
+    return out
+
+
 def step_fractions(runs: pd.DataFrame, curves: pd.DataFrame | None, horizons: Sequence[float], *,
                    quantities: Sequence[str] = RATE_QUANTITIES, eps: float = DEFAULT_EPS,
                    confidence: float = CONFIDENCE) -> pd.DataFrame:
@@ -594,6 +625,7 @@ def study_report(runs: pd.DataFrame, curves: pd.DataFrame | None, *, horizons: S
                      *(_widths_rows(a, "long", 1.0) for a in long_),
                      _widths_rows(lazy, "drift", 1.0), *(_widths_rows(a, "step") for a in step_at),
                      *(_widths_rows(a, "bias", 1.0) for a in [*bias_at, bias_lazy])], WIDTHS_COLUMNS)
+    widths = check_lazy_law(widths) if len(widths) else widths
     horizons_t = _stack([main_h.assign(subset="main"), long_h.assign(subset="long"), lazy_h.assign(subset="drift")],
                         HORIZONS_COLUMNS)
     survival = _stack([survival_rows(parts[name], name, s, parts.budget[name]) for name in ("main", "long", "bias")],

@@ -169,6 +169,11 @@ else:
     print(f"m_lazy at the drift horizon {report.settings.drift_horizon:g}/lambda_*: measured (thresholds) and from "
           f"the drift law (drift_law):")
     display(lazy.pivot_table(index=["n", "k", "delta"], columns="method", values="label", aggfunc="first"))
+    odd = lazy[(lazy["method"] == "drift_law") & lazy["note"].str.contains("contradicted|outside the measured")]
+    if len(odd):
+        print(f"Cells where the drift law's m_lazy disagrees with the measured one ({len(odd)} of "
+              f"{int((lazy['method'] == 'drift_law').sum())}): the drift does not fall as one power of m there")
+        display(odd[["n", "k", "delta", "label", "note"]])
 flat = W[(W["subset"].isin(["main", "drift"])) & W["note"].str.contains("does not rise", regex=False)]
 if len(flat):
     print("Cells whose success fraction does not rise with m over the studied widths:")

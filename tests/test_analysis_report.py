@@ -8,6 +8,7 @@ from scipy import stats
 
 from analysis.predict import predict_width
 from analysis.report import (
+    check_lazy_law,
     FILES,
     HORIZONS_COLUMNS,
     MECHANISM_COLUMNS,
@@ -338,3 +339,25 @@ def test_runs_stopped_above_eps_prime_are_left_out_of_conv_and_counted(study):
     soft = at.widths[at.widths["quantity"] == "rate_soft"].iloc[0]
     assert "5 run(s) stopped before T=24/lambda_* without a conclusion" in conv["note"]
     assert "without a conclusion" not in soft["note"]
+
+
+@pytest.mark.parametrize("direct,law,flagged", [
+    # measured above the widths, the law's solve inside them: the law does not fit this cell
+    (("above", np.nan, np.nan, np.nan), 3000.0, "contradicted by the measurement"),
+    (("above", np.nan, np.nan, np.nan), 30000.0, ""),            # both beyond: consistent
+    (("none", 2000.0, 1500.0, 2600.0), 2400.0, ""),               # inside the measured interval
+    (("none", 2000.0, 1500.0, 2600.0), 5000.0, "outside the measured interval [1500, 2600]"),
+    (("below", np.nan, np.nan, np.nan), 900.0, "contradicted by the measurement"),
+])
+def test_check_lazy_law_against_the_measurement(direct, law, flagged):
+    censored, est, lo, hi = direct
+    common = {"subset": "drift", "n": 8, "k": 2, "delta": 0.25, "bias": False, "step_factor": 1.0, "horizon": 24.0,
+              "quantity": "lazy", "m_min": 512, "m_max": 16384}
+    table = pd.DataFrame([{**common, "method": "thresholds", "estimate": est, "lo": lo, "hi": hi, "censored": censored,
+                           "note": ""},
+                          {**common, "method": "drift_law", "estimate": law, "lo": law / 2, "hi": law * 2,
+                           "censored": "none", "note": "from the drift law"}])
+    out = check_lazy_law(table)
+    note = out.loc[out["method"] == "drift_law", "note"].iloc[0]
+    assert note.startswith("from the drift law") and (flagged in note if flagged else note == "from the drift law")
+    assert out.loc[out["method"] == "thresholds", "note"].iloc[0] == ""
