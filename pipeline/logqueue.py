@@ -57,14 +57,16 @@ def _one_line(exc: BaseException) -> str:
 
 
 def open_tracker(uri: str, experiment: str, sweep: str, commit: str, params: dict, out: Path | None = None,
-                 workers: int | None = None) -> "LoggingThread":
-    """A Tracker (store creation serialised, calls bounded), its stale parents reaped, in a thread."""
+                 workers: int | None = None, settings=None) -> "LoggingThread":
+    """A Tracker (store creation serialised, calls bounded), its stale parents reaped, in a thread.
+    ``settings``: the sweep's ``config.Tracking`` (how much of each curve goes to MLflow)."""
     from .tracking import Tracker
 
     bound_http_calls()
+    curves = dict(curve_points=settings.points_sent(), curve_artifact=settings.curve_artifact) if settings else {}
     with store_creation_lock(uri):
         try:
-            tracker = Tracker(uri, experiment, sweep, commit, params=params)
+            tracker = Tracker(uri, experiment, sweep, commit, params=params, **curves)
         except Exception as exc:  # noqa: BLE001 - re-raised with what happened
             if "OperationalError" in type(exc).__name__ + repr(exc):
                 raise RuntimeError(f"the SQLite store {uri} could not be opened ({_one_line(exc)}): another process "
