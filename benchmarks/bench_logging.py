@@ -18,7 +18,9 @@ first is the default; ``all`` sends every checkpoint).
 - pipeline: ``logqueue.LoggingThread`` (what a sweep runs), task by task, until its queue is
   drained and the parent run closed: its de-duplication searches and parent run included.
 
-Per row: children/s, the ratio pipeline/bare (the client's share of the limit), and the CPU
+Bare and pipeline alternate in ``--rounds`` rounds (each on its own children; the order flips each
+round), so that a shared machine's load moves both alike. Per row: children/s over all rounds, the
+median of the rounds' ratios pipeline/bare (1: the client adds nothing to the limit), and the CPU
 milliseconds per child spent by this process, the MLflow server's processes and PostgreSQL's
 (from the processes' own counters: what 2 cores could reach, 2000 / their sum, does not depend on
 what else runs on a shared machine the way wall times do). ``uptime`` before and after.
@@ -196,22 +198,37 @@ def pipeline(uri: str, experiment: str, tasks, workers: int, points: int | None)
     return wall
 
 
-def measure(store: str, uri: str, tasks, points_list, workers: int, cpu: Cpu) -> list[dict]:
+def measure(store: str, uri: str, tasks, points_list, workers: int, cpu: Cpu, rounds: int) -> list[dict]:
+    """Per history setting, ``rounds`` interleaved rounds of bare then pipeline (the order alternating),
+    each on its own tasks: rates over all rounds, and the median of the per-round ratios."""
+    import statistics
+
     rows = []
-    n = sum(len(r) for r, _ in tasks)
     bare(uri, f"warm-up-{time.time_ns()}", payloads(tasks[:2], None), workers)  # the server's first requests
+    chunks = [tasks[r::rounds] for r in range(rounds)]
     for points in points_list:
-        children = payloads(tasks, points)
-        values = sum(len(m) for _, m, _ in children) / len(children)
+        children = [payloads(chunk, points) for chunk in chunks]
+        values = sum(len(m) for c in children for _, m, _ in c) / sum(len(c) for c in children)
         row = dict(store=store, history="all" if points is None else f"{points} points", values=values)
+        wall = dict(bare=0.0, pipeline=0.0)
+        used = dict(bare=[0.0, 0.0, 0.0], pipeline=[0.0, 0.0, 0.0])
+        ratios = []
+        for r, chunk in enumerate(chunks):
+            took = {}
+            for kind in (("bare", "pipeline") if r % 2 == 0 else ("pipeline", "bare")):
+                exp = f"bench-{kind}-{points}-{time.time_ns()}"
+                a = cpu.snapshot()
+                took[kind] = (bare(uri, exp, children[r], workers) if kind == "bare"
+                              else pipeline(uri, exp, chunk, workers, points))
+                b = cpu.snapshot()
+                wall[kind] += took[kind]
+                used[kind] = [u + x for u, x in zip(used[kind], Cpu.since(a, b))]
+            ratios.append(took["bare"] / took["pipeline"])
+        n = sum(len(r) for r, _ in tasks)
         for kind in ("bare", "pipeline"):
-            exp = f"bench-{kind}-{points}-{time.time_ns()}"
-            a = cpu.snapshot()
-            wall = (bare(uri, exp, children, workers) if kind == "bare"
-                    else pipeline(uri, exp, tasks, workers, points))
-            b = cpu.snapshot()
-            row[kind] = n / wall
-            row[f"{kind}_cpu"] = [1000 * x / n for x in Cpu.since(a, b)]
+            row[kind] = n / wall[kind]
+            row[f"{kind}_cpu"] = [1000 * x / n for x in used[kind]]
+        row["ratio"] = statistics.median(ratios)
         rows.append(row)
     return rows
 
@@ -225,7 +242,8 @@ def uptime() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=300, help="children logged per measurement")
+    ap.add_argument("--runs", type=int, default=300, help="children logged per measurement (over all rounds)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds of bare and pipeline")
     ap.add_argument("--workers", type=int, default=8, help="client threads (HTTP connections) for the server")
     ap.add_argument("--server-workers", type=int, default=2, help="mlflow server --workers")
     ap.add_argument("--points", default=None, help="curve_points compared, e.g. 16,all (default: the config's "
@@ -250,7 +268,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if "sqlite" in args.stores:
-            rows += measure("SQLite file", f"sqlite:///{tmp}/mlflow.db", tasks, points_list, 1, Cpu(None, None))
+            rows += measure("SQLite file", f"sqlite:///{tmp}/mlflow.db", tasks, points_list, 1, Cpu(None, None),
+                            args.rounds)
         if "postgres" in args.stores:
             with tracking_server(Path(tmp) / "server", auth=not args.no_auth, workers=args.server_workers) as server:
                 cpu = Cpu(server.proc.pid, server.port)
@@ -260,18 +279,18 @@ def main() -> None:
                         os.environ.update(MLFLOW_TRACKING_USERNAME=f"bench-{account}",
                                           MLFLOW_TRACKING_PASSWORD="bench-password-1")
                     rows += measure(f"PostgreSQL server, {ACCOUNTS[account]}", server.uri, tasks, points_list,
-                                    args.workers, cpu)
+                                    args.workers, cpu, args.rounds)
     print(f"after:  {uptime()}")
-    print(f"{args.runs} children per row; payload: the shipped study's runs with the median count of checkpoints "
-          f"({typical}); server: mlflow server --workers {args.server_workers}, client threads {args.workers}")
-    print("| store | history | values/child | bare children/s | pipeline children/s | pipeline/bare "
+    print(f"{args.runs} children per row and client, in {args.rounds} interleaved rounds; payload: the shipped "
+          f"study's runs with the median count of checkpoints ({typical}); server: mlflow server --workers {args.server_workers}, client threads {args.workers}")
+    print("| store | history | values/child | bare children/s | pipeline children/s | pipeline/bare (median of rounds) "
           "| CPU ms/child bare: client, server, PostgreSQL | pipeline: client, server, PostgreSQL "
           "| 2 cores could do (pipeline) |")
     print("|---|---|---:|---:|---:|---:|---|---|---:|")
     for r in rows:
         bc, pc = r["bare_cpu"], r["pipeline_cpu"]
         print(f"| {r['store']} | {r['history']} | {r['values']:.0f} | {r['bare']:.1f} | {r['pipeline']:.1f} | "
-              f"{r['pipeline'] / r['bare']:.2f} | {bc[0]:.0f}, {bc[1]:.0f}, {bc[2]:.0f} | {pc[0]:.0f}, {pc[1]:.0f}, "
+              f"{r['ratio']:.2f} | {bc[0]:.0f}, {bc[1]:.0f}, {bc[2]:.0f} | {pc[0]:.0f}, {pc[1]:.0f}, "
               f"{pc[2]:.0f} | {2000 / sum(pc):.1f}/s |")
 
 

@@ -221,9 +221,11 @@ class Tracking(_Frozen):
     @field_validator("uri")
     @classmethod
     def _uri(cls, v):
-        from .tracking import redact, uri_problem
+        if v is None:
+            return v
+        from .tracking import redact, uri_problem  # here: tracking imports this module
 
-        problem = v is not None and uri_problem(v)
+        problem = uri_problem(v)
         if problem:  # shown redacted: a password never reaches a message
             raise ValueError(f"{problem[0]} (got {redact(v)!r}); {problem[1]}")
         return v

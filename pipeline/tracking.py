@@ -38,6 +38,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from .config import CURVE_POINTS
 from .schema import CELL_COLUMNS, TRAINING_COLUMNS
 
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
@@ -292,7 +293,7 @@ class Tracker:
     parent is made only when there is something to log, so a rerun with nothing to do adds none."""
 
     def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict,
-                 curve_points: int | None = None, curve_artifact: bool = False):
+                 curve_points: int | None = CURVE_POINTS, curve_artifact: bool = False):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # else two lines per run
         from mlflow.tracking import MlflowClient
@@ -314,7 +315,7 @@ class Tracker:
         self.sweep, self.git_commit = sweep, git_commit
         self.kind = str(params.get("kind", "run"))
         self.params = params
-        # how much of each curve goes to MLflow (config.Tracking; None: every checkpoint)
+        # how much of each curve goes to MLflow (config.Tracking's settings; None: every checkpoint)
         self.curve_points, self.curve_artifact = curve_points, curve_artifact
         self.parent_id: str | None = None  # made by parent() when the first child is logged
         self.parent_tags: dict = {}  # more tags for the parent (the driver's liveness record, logqueue.Guard)
