@@ -282,7 +282,8 @@ def main() -> None:
                                     args.workers, cpu, args.rounds)
     print(f"after:  {uptime()}")
     print(f"{args.runs} children per row and client, in {args.rounds} interleaved rounds; payload: the shipped "
-          f"study's runs with the median count of checkpoints ({typical}); server: mlflow server --workers {args.server_workers}, client threads {args.workers}")
+          f"study's runs with the median count of checkpoints ({typical}); server: mlflow server --workers "
+          f"{args.server_workers}, client threads {args.workers}")
     print("| store | history | values/child | bare children/s | pipeline children/s | pipeline/bare (median of rounds) "
           "| CPU ms/child bare: client, server, PostgreSQL | pipeline: client, server, PostgreSQL "
           "| 2 cores could do (pipeline) |")
