@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .columns import require_columns
 from .comparisons import THEOREM_CAVEAT, theorem_exponents
 from .defaults import ABOVE, BELOW, CONFIDENCE, EXPONENT_TERMS, NOT_CENSORED, THRESHOLD_KEYS, UNDEFINED
 from .fits import _design, _uncensored, fit_exponents
 from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, K_GROUP, add_k_group, fit_floor_law, m_star_from_floor_law
 from .known import known_laws
-from .load import require_columns
 from .stats import _z, cluster_percentile_interval, firth_logistic
 from .success import run_success, success_rates
 from .thresholds import instance_thresholds, thresholds

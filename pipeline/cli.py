@@ -175,7 +175,7 @@ def _sync(cfg, args, out: Path) -> int:
     check_reachable(uri)
     with OutputLock(out, "sync", wait=args.wait):
         tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"},
-                               out=out)
+                               out=out, settings=cfg.tracking)
         n = sync(tracker, out)
         tracker.close()
     if tracker.error:

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from analysis.defaults import ABOVE, BELOW
 from analysis.success import criterion
 from records.identity import run_id, run_id_of_record
-from records.schema import THRESHOLDS_SCHEMA, Cell
+from records.schema import THRESHOLD_SETTING_COLUMNS, THRESHOLDS_SCHEMA, Cell
 from records.tables import atomic_write, read_table
 from sobolev.settings import TrainConfig
 
@@ -168,7 +168,7 @@ def thresholds_table(cfg: SweepConfig, state: _Searches) -> pd.DataFrame:
             note.append("m_max does not meet the target")
         rows.append(dict(
             **{f: v for f, v in dataclasses.asdict(c).items() if f != "m"},
-            mode=train.mode, t_max=train.t_max, step_factor=train.step_factor, dtype=train.dtype,
+            **{THRESHOLD_SETTING_COLUMNS[f]: v for f, v in dataclasses.asdict(train).items()},
             criterion=cfg.search.criterion, eps=cfg.search.eps, target_rate=1 - cfg.delta_fail,
             m_star=float(r["m_star"]) if r["m_star"] else math.nan, censored=r["censored"],
             m_lo=float(r["m_lo"]) if r["m_lo"] else math.nan, m_hi=float(r["m_hi"]) if r["m_hi"] else math.nan,
