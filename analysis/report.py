@@ -112,6 +112,11 @@ class ReportSettings:
     long_horizons: tuple[float, ...] = (384.0, 768.0)
     eps: float = DEFAULT_EPS
     drift_horizon: float = 24.0
+    # the drift law is fitted where it is used, over the wide nets, apart per separation: at delta = 0.25 the
+    # drift's slope in m flattens from about -0.6 below m = 512 to about -0.2 above 2048 (one power law in
+    # m and delta over every width put m_lazy inside the studied widths where the measurement says beyond)
+    drift_min_width: int = 1024
+    drift_by: tuple[str, ...] = ("delta",)
     bias_horizons: tuple[float, ...] = (12.0, 24.0, 48.0)
     delta_fail: float = 0.1
     survival_times: tuple[float, ...] = SURVIVAL_TIMES
@@ -127,6 +132,13 @@ class ReportSettings:
             object.__setattr__(self, name, tuple(sorted(values)))
         if not self.horizons:
             raise ValueError("horizons=(): give at least one flow time T, e.g. (48, 96, 192)")
+        if not (isinstance(self.drift_min_width, (int, np.integer)) and self.drift_min_width >= 1):
+            raise ValueError(f"drift_min_width={self.drift_min_width!r}: the smallest width the drift law is fitted "
+                             f"over, an integer >= 1 (e.g. 1024)")
+        object.__setattr__(self, "drift_by", tuple(self.drift_by))
+        if not set(self.drift_by) <= {"delta", "n", "k", "d"}:
+            raise ValueError(f"drift_by={self.drift_by}: the drift law can be fitted apart per cell column (delta, n, "
+                             f"k, d); name those")
         if not (np.isfinite(self.drift_horizon) and self.drift_horizon > 0):
             raise ValueError(f"drift_horizon={self.drift_horizon}: a positive flow time in units of 1/lambda_*")
         if not 0 < self.delta_fail < 1:
@@ -352,8 +364,9 @@ def part_at_horizon(runs: pd.DataFrame, curves: pd.DataFrame | None, horizon: fl
             continue
         law = None
         if q == "lazy":
-            drift = law = drift_law(seen, curves, horizon=horizon, by=("bias", *strata), n_boot=s.n_boot, seed=s.seed,
-                                    confidence=s.confidence)
+            wide = seen[seen["m"] >= s.drift_min_width]
+            drift = law = drift_law(wide, curves, horizon=horizon, by=("bias", *s.drift_by, *strata), n_boot=s.n_boot,
+                                    seed=s.seed, confidence=s.confidence)
         w = widths_table(seen, curves, horizon=horizon, eps=s.eps, delta_fail=s.delta_fail, quantities=(q,),
                          strata=strata, drift=law, n_boot=s.n_boot, seed=s.seed + i, confidence=s.confidence)
         widths.append(_with_note(w, note))
