@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(cfg, args, out)
         check_out(out)
         if args.command == "search" and cfg.search is None:
-            raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
+            raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/search.yaml)")
         if args.dry_run:
             preflight(cfg, out, None)
             print("\n".join(estimate_lines(cfg, out, search=args.command == "search",

@@ -109,7 +109,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
                progress: bool = True, wait: float | None = None,
                grace_s: float = DEFAULT_GRACE_S) -> tuple[SweepReport, pd.DataFrame]:
     if cfg.search is None:
-        raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
+        raise ValueError("search: the configuration has no 'search' section; add one (see configs/search.yaml)")
     from tqdm import tqdm  # only a search that trains draws a bar: `--help` and `status` stay light
 
     session = SweepSession(cfg, "search", out=out, tracking_uri=tracking_uri, mlflow=mlflow, address=address,
