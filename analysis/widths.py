@@ -400,7 +400,8 @@ def _drift_law_rows(law: pd.DataFrame, widths: pd.DataFrame, runs: pd.DataFrame,
                      for t in names]
             continue
         extra = f"{np.mean(~falling):.0%} of bootstrap laws do not fall with m, left out" if (~falling).any() else ""
-        cov = np.cov(D, rowvar=False) if len(D) >= 2 else np.full((len(names), len(names)), np.nan)
+        # np.cov of one column is 0-d: a law with only its intercept (every regressor constant) needs it 2-d
+        cov = np.atleast_2d(np.cov(D, rowvar=False)) if len(D) >= 2 else np.full((len(names), len(names)), np.nan)
         for i, t in enumerate(names):
             lo = hi = np.nan
             if len(D) >= 2 and n_inst >= 2 and np.ptp(D[:, i]) > 0:

@@ -117,7 +117,7 @@ def run_search(cfg: SweepConfig, options: RunOptions | None = None,
     thresholds table (also written to ``<out>/thresholds/``)."""
     options = options_of(options, keywords)
     if cfg.search is None:
-        raise ConfigError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
+        raise ConfigError("search: the configuration has no 'search' section; add one (see configs/search.yaml)")
     from tqdm import tqdm  # only a search that trains draws a bar: `--help` and `status` stay light
 
     state = _Searches(cfg)  # the plan: every cell's search, from the config alone
