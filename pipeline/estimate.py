@@ -83,6 +83,23 @@ GPU_TASK_FIXED = 5.0  # seconds a task spends outside its steps: CUDA context, t
 PATTERN_PASSES = {"relu": 11, "frozen": 2}
 STEP_FLOPS = {"relu": 6, "frozen": 4}  # x R m n D: the GEMMs of a step (sobolev.step.Workspace)
 
+def gpu_step_seconds(gpu: GPU, R, m, n, D, *, relu, float64):
+    """The model's seconds of one step of ``R`` replicas on ``gpu`` (arrays broadcast): the device
+    busy (the larger of its GEMMs' FLOPs and its passes over the patterns, at the assumed shares of
+    the peaks), and the wall (at least the launch latency)."""
+    flops = np.where(relu, STEP_FLOPS["relu"], STEP_FLOPS["frozen"]) * R * m * n * D
+    passes = np.where(relu, PATTERN_PASSES["relu"], PATTERN_PASSES["frozen"])
+    size = np.where(float64, 8, 4)
+    busy = np.maximum(flops / (np.where(float64, gpu.float64, gpu.float32) * GEMM_FRACTION),
+                      size * R * m * (n * passes + 4 * D) / (gpu.bandwidth * BANDWIDTH_FRACTION))
+    return busy, np.maximum(busy, GPU_STEP_LATENCY)
+
+
+def gpu_eigvalsh_seconds(N):
+    """The model's seconds of one float64 eigvalsh of size ``N`` on a GPU."""
+    return (4 / 3) * np.asarray(N, dtype=np.float64) ** 3 / GPU_EIGH_RATE
+
+
 # lambda_max(H) moves between the checkpoints where the step is refreshed: on configs/smoke.yaml runs took
 # up to 1.12 times t_budget * lambda_max(H^inf) / step_factor steps
 STEP_MARGIN = 1.25
@@ -468,17 +485,13 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
     gpu = {}
     flops_per = np.where(va["relu"], STEP_FLOPS["relu"], STEP_FLOPS["frozen"]) * m * n * D
     passes = np.where(va["relu"], PATTERN_PASSES["relu"], PATTERN_PASSES["frozen"])
+    eig_g = gpu_eigvalsh_seconds(N)
     for g in GPUS:
-        peak = np.where(va["float64"], g.float64, g.float32)
-        eig_g = (4 / 3) * N ** 3 / GPU_EIGH_RATE
-
-        def on_gpu(r, peak=peak, g=g, eig_g=eig_g):
-            busy_step = np.maximum(r * flops_per / (peak * GEMM_FRACTION),
-                                   va["bytes"] * r * m * (n * passes + 4 * D) / (g.bandwidth * BANDWIDTH_FRACTION))
+        def on_gpu(r, g=g):
+            busy_step, wall_step = gpu_step_seconds(g, r, m, n, D, relu=va["relu"], float64=va["float64"])
             eig = (ckpts * r + 1 + START_EIGH * r) * eig_g
-            busy = (steps + CHECKPOINT_STEPS * ckpts) * busy_step + eig
-            return [busy, (steps + CHECKPOINT_STEPS * ckpts) * np.maximum(busy_step, GPU_STEP_LATENCY) + eig
-                    + GPU_TASK_FIXED]
+            work = steps + CHECKPOINT_STEPS * ckpts
+            return [work * busy_step + eig, work * wall_step + eig + GPU_TASK_FIXED]
 
         (busy, wall), longest_g = both(on_gpu)
         gpu[g.name] = dict(busy=busy, wall=wall, longest=longest_g)
