@@ -62,7 +62,7 @@ def write_results(out: Path, runs: int, per_task: int, checkpoints: int, old_sha
     curve_table = pa.table([_column(f, runs * checkpoints, rng, np.repeat(ids, checkpoints)) for f in CURVES_SCHEMA],
                            schema=CURVES_SCHEMA)
     tasks = -(-runs // per_task)
-    old = set(rng.choice(tasks, int(round(old_share * tasks)), replace=False).tolist())
+    old = set(rng.choice(tasks, round(old_share * tasks), replace=False).tolist())
     for j in range(tasks):
         name = f"n8-k1-d32-m{256 << (j % 9)}-task{j:05d}-{rng.integers(16**12):012x}.parquet"
         r = run_table.slice(j * per_task, per_task)
@@ -99,8 +99,9 @@ def bench(out: Path, repeats: int, stage: str) -> list[str]:
         files = table_files(out, table)
         old_s = new_s = float("inf")
         for _ in range(repeats):  # interleaved rounds: both routes see the same machine
-            t_old, old = _timed(lambda: read_files_one_by_one(files, TABLES[table], columns, filter), 1)
-            t_new, new = _timed(lambda: read_table(out, table, columns, filter), 1)
+            args = (table, columns, filter)
+            t_old, old = _timed(lambda a=args, f=files: read_files_one_by_one(f, TABLES[a[0]], *a[1:]), 1)
+            t_new, new = _timed(lambda a=args: read_table(out, *a), 1)
             old_s, new_s = min(old_s, t_old), min(new_s, t_new)
         assert _same(old, new), f"{label}: the two routes differ"
         rows.append(f"| {stage} | {label} | {len(files):,} | {new.num_rows:,} | {old_s:.2f} | {new_s:.2f} | "

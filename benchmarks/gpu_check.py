@@ -153,8 +153,9 @@ def study(config: str, device: str, quick: bool = False) -> None:
             del params
         measured = (times[1] - times[0]) / (steps[1] - steps[0])
         N = n * (k + 1)
-        busy, wall = gpu_step_seconds(gpu, R, m, n, d + bias, relu=mode == "relu", float64=base.dtype == "float64")
-        model = float(wall) + (CHECKPOINT_STEPS * float(wall) + R * float(gpu_eigvalsh_seconds(N))) / (steps[1] - steps[0])
+        _, wall = gpu_step_seconds(gpu, R, m, n, d + bias, relu=mode == "relu", float64=base.dtype == "float64")
+        checkpoint = CHECKPOINT_STEPS * float(wall) + R * float(gpu_eigvalsh_seconds(N))
+        model = float(wall) + checkpoint / (steps[1] - steps[0])
         shape = f"study {label}: n={n} d={d} m={m} R={R} {base.dtype}{' bias' if bias else ''} {mode}"
         timing = (f"{measured * 1e3:.3g} ms a step ({steps[1] - steps[0]} steps and a checkpoint), GPU model "
                   f"({gpu.name}) {model * 1e3:.3g} ms: measured/model {measured / model:.2f}")

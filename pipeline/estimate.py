@@ -29,7 +29,6 @@ The model, which :func:`estimate_lines` prints with its assumptions:
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -361,7 +360,7 @@ def calibrate(cfg: SweepConfig, threads: int) -> dict:
         _time_task(*SHAPES[0], steps=5, cfg=cfg)  # warm-up: first-call costs are not per-step costs
         fit, held_out = SHAPES[:-1], SHAPES[-1]
         times = [(best(s, lo), best(s, hi)) for s in fit]
-        xs = [step_size(n, m, d, r) for n, k, d, m, r in fit]
+        xs = [step_size(n, m, d, r) for n, _, d, m, r in fit]
         ys = [(t_hi - t_lo) / (hi - lo) for t_lo, t_hi in times]
         fixed = max(0.0, min(t_lo - lo * y for (t_lo, _), y in zip(times, ys)))
         mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
@@ -479,7 +478,8 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
 
     def machine(r):
         step = cal["a"] + cal["b"] * r * m * n * D
-        return [cal["task"] + (1 + START_EIGH * r) * eig_s + (steps + CHECKPOINT_STEPS * ckpts) * step + ckpts * r * eig_s]
+        eig = (1 + START_EIGH * r + ckpts * r) * eig_s
+        return [cal["task"] + eig + (steps + CHECKPOINT_STEPS * ckpts) * step]
 
     (work,), longest = both(machine)
     gpu = {}
@@ -568,12 +568,14 @@ def estimate_lines(cfg: SweepConfig, out, *, search: bool = False, num_cpus: int
     capped = int((rows["steps"] >= rows["max_steps"]).sum())
     per_gpu = max(1, int(1 // r.num_gpus)) if r.num_gpus > 0 else 1
     replicas = sorted(set(rows["R"].tolist()))
+    packed = "/".join(map(str, replicas)) if len(replicas) <= 4 else f"{replicas[0]} to {replicas[-1]}"
+    eps = min(t.eps for t in cfg.training_variants())
     lines = head + [
         f"sweep {cfg.name}: {p.cells // len(cfg.seeds.data)} cells x {len(cfg.seeds.data)} data seeds x "
         f"{p.variants} training setting(s) x {p.seeds} seeds = {p.runs:,} runs "
         f"(n={g.n}, k={g.k}, m={g.m}, delta={g.delta}, bias={g.bias})",
         f"tasks: {p.tasks:,} ({r.num_cpus:g} CPU, {r.num_gpus:g} GPU each; replicas per task: {r.replicas_per_task}"
-        f"{'' if r.replicas_per_task != 'auto' else ', ' + ('/'.join(map(str, replicas)) if len(replicas) <= 4 else f'{replicas[0]} to {replicas[-1]}')})",
+        f"{'' if r.replicas_per_task != 'auto' else ', ' + packed})",
         f"spectra of H^inf (lambda_max/lambda_* sets the steps), per instance: {counts['exact']} exact "
         f"({sp.from_cache} cached, {sp.measured_now} measured now in {sp.measure_s:.1f} s), {counts['fit']} fitted "
         f"over n within their (d, k, delta, bias) (lambda_* ~ n^p, lambda_max ~ a + b n; refitted without each "
@@ -581,9 +583,10 @@ def estimate_lines(cfg: SweepConfig, out, *, search: bool = False, num_cpus: int
         f"(lambda_* >= delta/(100 n^2), lambda_max <= n(k+1)/2: {_range(sp.bound_over)} times the measured "
         f"ratios); --exact-spectra measures every one into {sp.path}",
         f"lambda_max/lambda_*: {rows['ratio'].min():.3g} to {rows['ratio'].max():.3g}",
-        f"steps per run: at most {rows['steps'].min()} to {rows['steps'].max()} (median {int(np.median(rows['steps']))})"
+        f"steps per run: at most {rows['steps'].min()} to {rows['steps'].max()} "
+        f"(median {int(np.median(rows['steps']))})"
         f": {STEP_MARGIN:g} x t_max x lambda_max/lambda_* / step_factor, capped at max_steps ({capped:,} of "
-        f"{len(rows['steps']):,} cells x settings); runs stop earlier at eps={min(t.eps for t in cfg.training_variants()):g}, so every time "
+        f"{len(rows['steps']):,} cells x settings); runs stop earlier at eps={eps:g}, so every time "
         f"below is an upper bound",
         f"per step: {STEP_FLOPS['relu']} R m n (d+bias) FLOPs in relu mode ({STEP_FLOPS['frozen']} frozen) and "
         f"{PATTERN_PASSES['relu']} ({PATTERN_PASSES['frozen']}) passes over the R x m x n patterns; the largest "
@@ -596,8 +599,10 @@ def estimate_lines(cfg: SweepConfig, out, *, search: bool = False, num_cpus: int
         f"{_hours(max(p.machine['work'] / slots, p.machine['longest']))} plus Ray's start-up ({threads} thread(s) "
         f"a task; step cost {cal['a'] * 1e6:.3g} us + {cal['b'] * 1e12:.3g} ps x R m n (d+bias), measured "
         f"{cal['when']} at load {cal.get('load', '?')} (now {os.getloadavg()[0]:.1f}), "
-        f"{100 * cal['error']:.0f}% error on a held-out shape; --recalibrate measures again)",
-        f"GPUs ({per_gpu} task(s) per GPU, as num_gpus={r.num_gpus:g} asks{'' if r.num_gpus else ' none: priced at one a GPU'}"
+        f"{100 * cal['error']:.0f}% error on a held-out shape; --recalibrate measures again); on a cluster of C "
+        f"such CPUs: about the larger of {_hours(p.machine['work'] * r.num_cpus)}/C and {_hours(p.machine['longest'])}",
+        f"GPUs ({per_gpu} task(s) per GPU, as num_gpus={r.num_gpus:g} asks"
+        f"{'' if r.num_gpus else ' none: priced at one a GPU'}"
         f"; assumed, not measured here: {100 * GEMM_FRACTION:.0f}% of peak FLOP/s in these small batched GEMMs, "
         f"{100 * BANDWIDTH_FRACTION:.0f}% of peak bandwidth, {GPU_STEP_LATENCY * 1e6:.0f} us of kernel launches a "
         f"step, eigvalsh at {GPU_EIGH_RATE / 1e12:g} TFLOP/s, {GPU_TASK_FIXED:g} s a task; "

@@ -139,9 +139,6 @@ def read_table(out: Path, table: str, columns: list[str] | None = None, filter=N
     return read_files(table_files(out, table), schema, columns, filter)
 
 
-_ORDER = ["__fragment_index", "__batch_index"]  # the scan's own columns that give each row's file and batch
-
-
 def read_files(files: list[Path], schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
     """The rows of Parquet ``files`` in ``schema`` (``columns`` of it; those matching ``filter``), in
     the order of ``files``: what :func:`read_files_one_by_one` gives, read as one dataset scan per
@@ -150,7 +147,9 @@ def read_files(files: list[Path], schema: pa.Schema, columns: list[str] | None =
     The files are grouped by their schema, read from their footers only. In a group whose
     columns have the current names and types the scan reads only the columns asked for and
     applies ``filter`` as it reads; a group of an older version that lacks a column the filter
-    uses is read whole, conformed (``records.schema.conform``), then filtered."""
+    uses is read whole, conformed (``records.schema.conform``), then filtered. A scan of a dataset
+    made from a list of files returns their rows in that order (pyarrow's dataset guide); groups
+    are interleaved back into it by each row's file."""
     wanted = pa.schema([schema.field(c) for c in columns]) if columns else schema
     if not files:
         return wanted.empty_table()
@@ -159,16 +158,20 @@ def read_files(files: list[Path], schema: pa.Schema, columns: list[str] | None =
     groups: dict[pa.Schema, list[int]] = {}
     for i, fragment in enumerate(fragments):
         groups.setdefault(fragment.physical_schema.remove_metadata(), []).append(i)
-    parts, keys = [], []
+    several = len(groups) > 1
+    parts, files_of_rows = [], []
     for physical, members in groups.items():
-        part, local = _scan_group(dataset, [fragments[i] for i in members], physical, schema, wanted, filter)
+        part, local = _scan_group(dataset, [fragments[i] for i in members], physical, schema, wanted, filter,
+                                  order=several)
         parts.append(part)
-        # a row's place: its file (as listed), then its batch in that file; rows keep their order in a batch
-        keys.append(np.asarray(members, dtype=np.int64)[local[0]] << 32 | local[1].astype(np.int64))
-    whole = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
-    key = np.concatenate(keys)
-    if len(key) > 1 and not (key[1:] >= key[:-1]).all():
-        whole = whole.take(np.argsort(key, kind="stable"))
+        if several:
+            files_of_rows.append(np.asarray(members, dtype=np.int64)[local])
+    if not several:
+        return parts[0]
+    whole = pa.concat_tables(parts)
+    index = np.concatenate(files_of_rows)
+    if len(index) > 1 and not (index[1:] >= index[:-1]).all():
+        whole = whole.take(np.argsort(index, kind="stable"))  # stable: a file's rows keep their order
     return whole
 
 
@@ -180,20 +183,29 @@ def _physical_name(name: str, physical: pa.Schema) -> str | None:
     return next((old for old, new in RENAMED_COLUMNS.items() if new == name and old in physical.names), None)
 
 
-def _scan_group(dataset, fragments, physical: pa.Schema, schema: pa.Schema, wanted: pa.Schema, filter):
-    """One scan of ``fragments`` (files of schema ``physical``): the rows in ``wanted``, and each
-    row's (fragment index among ``fragments``, batch index) as two numpy arrays."""
+def _scan_group(dataset, fragments, physical: pa.Schema, schema: pa.Schema, wanted: pa.Schema, filter, *,
+                order: bool):
+    """One scan of ``fragments`` (files of schema ``physical``): the rows in ``wanted``, and with
+    ``order`` each row's fragment (an index into ``fragments``, numpy), else None."""
     group = ds.FileSystemDataset(fragments, schema=physical, format=dataset.format, filesystem=dataset.filesystem)
     pushed = filter is None or _filter_applies(fragments, physical, schema, filter, dataset)
     target = wanted if pushed else schema
     read = [p for p in (_physical_name(c, physical) for c in target.names) if p is not None]
-    scanned = group.to_table(columns=read + _ORDER, filter=filter if pushed else None)
-    local = [scanned.column(c).to_numpy() for c in _ORDER]
-    part = conform(scanned.drop_columns(_ORDER), target)
+    # where a filter applies as it reads, how many rows each file gives is known only from the scan:
+    # it says (its own column; it slows the scan, so only then)
+    tagged = order and pushed and filter is not None
+    scanned = group.to_table(columns=read + ["__fragment_index"] * tagged, filter=filter if pushed else None)
+    local = None
+    if tagged:
+        local = scanned.column("__fragment_index").to_numpy()
+        scanned = scanned.drop_columns(["__fragment_index"])
+    elif order:
+        local = np.repeat(np.arange(len(fragments)), [f.metadata.num_rows for f in fragments])
+    part = conform(scanned, target)
     if not pushed:  # the filter on the conformed rows: a column the files lack at its default, as it reads
         part = part.append_column("__row", pa.array(np.arange(part.num_rows))).filter(filter)
-        rows = part.column("__row").to_numpy()
-        local = [v[rows] for v in local]
+        if local is not None:
+            local = local[part.column("__row").to_numpy()]
         part = part.select(wanted.names)
     return part, local
 

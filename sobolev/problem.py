@@ -259,7 +259,8 @@ def placement_failure_bound(n: int, d: int, delta: float, *, bias: bool) -> floa
 
 
 def _place_points(n: int, d: int, delta: float, bias: bool, gen: torch.Generator,
-                  candidates: int = PLACEMENT_CANDIDATES, tries_per_point: int = PLACEMENT_TRIES) -> torch.Tensor | None:
+                  candidates: int = PLACEMENT_CANDIDATES,
+                  tries_per_point: int = PLACEMENT_TRIES) -> torch.Tensor | None:
     """A planted pair at exactly ``delta``, then uniform points kept only when farther
     than ``delta`` from every placed point; ``None`` when the budget runs out."""
     x1 = _random_unit(1, d, gen)[0]

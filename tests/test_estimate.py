@@ -66,7 +66,7 @@ def test_spectra_are_exact_where_measured_and_cached_by_instance(cache):
     assert first.measured_now == len(instances) and first.counts() == dict(exact=len(instances), fit=0, bound=0)
     for i in instances:  # against sobolev.ntk: lambda_* as a task computes it, lambda_max of H^inf
         p = make_problem(i.n, i.d, i.k, i.delta, bias=i.bias, seed=i.data_seed, dtype=torch.float64)
-        lam_star, lam_max, source = first.values[i]
+        lam_star, lam_max, _ = first.values[i]
         assert lam_star == pytest.approx(lambda_star(p), rel=1e-12)
         assert lam_max == pytest.approx(torch.linalg.eigvalsh(gram_infinite(p))[-1].item(), rel=1e-12)
     again = Spectra(instances, budget_s=None)
