@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .identity import run_id_of_record
+from .identity import run_ids_of_records
 from .schema import CELL_COLUMNS, CURVES_SCHEMA, RENAMED_COLUMNS, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
 
 MANIFEST = "sweep.json"
@@ -237,8 +237,7 @@ def read_files_one_by_one(files: list[Path], schema: pa.Schema, columns: list[st
 def done_run_ids(out: Path) -> set[str]:
     """The current run ids of the runs in ``out`` (recomputed from each row's recorded
     configuration, so that rows written under an older id rule are recognised)."""
-    rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS]).to_pylist()
-    return {run_id_of_record(r) for r in rows}
+    return set(run_ids_of_records(read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS]).to_pylist()))
 
 
 def archive(out: Path) -> Path | None:

@@ -198,3 +198,13 @@ def test_read_table_scans_per_schema_version_as_the_per_file_route_reads(mixed_v
     pd.testing.assert_frame_equal(got.to_pandas(), want.to_pandas(), check_exact=True)
     if table == "runs" and columns is None and filter is None:
         assert got.num_rows == 12 and got.column("threads").null_count == 8  # v1 rows and the copies' rows
+
+
+def test_run_ids_of_records_are_each_rows_own_id(mixed_versions):
+    """Resume's batch route (each (cell, settings) key built once) against the row-by-row one, on
+    rows of three schema versions (the older ones carry older ids and lack columns)."""
+    from records.identity import run_id_of_record, run_ids_of_records
+
+    rows = read_table(mixed_versions, "runs").to_pylist()
+    assert run_ids_of_records(rows) == [run_id_of_record(r) for r in rows]
+    assert len(set(run_ids_of_records(rows))) == 8  # the v1 runs, and the current ones twice
