@@ -176,3 +176,17 @@ def test_the_estimate_bounds_the_measured_task_times_of_the_smoke_grid(local_ray
     assert steps >= 0.5 * bound
     assert measured.sum() <= 3 * est.sum() and est.sum() <= 5 * measured.sum()
     assert spearmanr(est, measured).statistic >= 0.6
+
+
+def test_a_million_runs_are_priced_without_building_a_task():
+    """benchmarks/dry_run_million.yaml (the dry-run's timing grid, BENCHMARKS.md section 11): its runs
+    counted as the product of its axes, every cell priced, nothing measured (``measure=False``)."""
+    cfg = load_config(ROOT / "benchmarks/dry_run_million.yaml")
+    g = cfg.grid
+    axes = [g.n, g.k, g.m, g.delta, g.bias, g.mode, g.t_max, cfg.seeds.data, cfg.seeds.init]
+    p = price(cfg, cal=dict(DEFAULT, error=0.0), measure=False)
+    assert p.runs == math.prod(len(a) for a in axes) == 1_013_760
+    assert p.tasks == int((-(-len(cfg.seeds.init) // p.rows["R"])).sum())
+    assert (p.rows["steps"] <= 10**6).all() and (p.rows["steps"] >= 1).all()
+    assert p.spectra.counts()["bound"] == len(p.spectra.values)  # a fresh cache, nothing measured
+    assert all(np.isfinite(x["busy"]) and x["busy"] > 0 for x in p.gpu.values())
