@@ -27,16 +27,17 @@ Typical use::
 """
 
 from .comparisons import control_comparison, theorem_exponents, threshold_ratio
-from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, N_BOOT, THEORY_EXPONENTS, THRESHOLD_KEYS
+from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, EXPERIMENT_SETTINGS, N_BOOT, THEORY_EXPONENTS, THRESHOLD_KEYS
 from .fits import fit_exponents
 from .floorlaw import beside_thresholds, fit_floor_law, floor_group_columns, m_star_from_floor_law
-from .load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, Results, load_curves, load_results,
-                   load_runs, require_columns)
+from .columns import MissingColumnError, require_columns
+from .load import (CURVE_COLUMNS, DEFAULT_COLUMNS, RUN_COLUMNS, Results, curve_columns, load_curves, load_results,
+                   load_runs, run_columns)
 from .sensitivity import floor_exponents, sensitivity_summary, sensitivity_table
 from .scaling import loglog_slopes, loss_floor, rate_vs_theory, width_medians
 from .stats import cluster_percentile_interval, firth_logistic, logistic_crossing, loglog_slope, ols, wilson_interval
 from .judging import UnjudgeableToleranceError, check_judgeable
-from .success import (Criterion, criteria, criterion,
+from .success import (Criterion, criteria, criterion, declared_columns,
                       interpolation_success, regime_success, register, run_success, settled_both_success,
                       settled_success, success_rates)
 from .thresholds import (ABOVE, BELOW, NOT_CENSORED, UNDEFINED, bootstrap_threshold, grid_threshold,
@@ -56,7 +57,8 @@ from .widths import (LAWS_COLUMNS, QUANTITIES, HorizonChoice, drift_law, drift_r
 __all__ = [
     "CELL_KEYS", "CONFIDENCE", "EPS_GRID", "N_BOOT", "THEORY_EXPONENTS", "Criterion", "criteria", "criterion",
     "register", "settled_success", "settled_both_success",
-    "THRESHOLD_KEYS", "fit_exponents", "CURVE_COLUMNS", "RUN_COLUMNS", "MissingColumnError", "Results",
+    "THRESHOLD_KEYS", "fit_exponents", "CURVE_COLUMNS", "DEFAULT_COLUMNS", "RUN_COLUMNS", "curve_columns",
+    "run_columns", "declared_columns", "EXPERIMENT_SETTINGS", "MissingColumnError", "Results",
     "load_curves", "load_results", "load_runs", "require_columns", "loglog_slopes", "loss_floor",
     "rate_vs_theory", "width_medians", "firth_logistic", "logistic_crossing", "loglog_slope", "ols",
     "wilson_interval", "UnjudgeableToleranceError", "check_judgeable", "interpolation_success",

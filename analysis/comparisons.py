@@ -17,10 +17,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CONFIDENCE, FAILED_STATUSES, STOPPED_AT_EPS, THRESHOLD_KEYS
 from .fits import fit_exponents
 from .floorlaw import FLOOR_N_BOOT, hierarchical_weights
-from .load import require_columns
 from .stats import cluster_percentile_interval
 from .thresholds import instance_counts, instance_threshold_draws, logistic_log_m, with_instances
 

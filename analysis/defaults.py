@@ -7,7 +7,7 @@ override per call.
 
 from __future__ import annotations
 
-from records.schema import TRAINING_COLUMNS
+from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
 
 # A threshold is a function of these (MATH.md: ``m*(n, k, delta_1, bias)``; ``delta`` is the
 # requested separation, the sweep's control variable).
@@ -24,11 +24,18 @@ STOPPED_AT_EPS = "converged"
 # Tolerances eps' at which thresholds are recomputed after the fact.
 EPS_GRID = (1e-2, 1e-3, 1e-4, 1e-6)
 
-# Runs that share a cell must have been trained the same way; pooling a frozen-pattern
-# control with ReLU runs (or two targets, dimensions, dtypes, step sizes, horizons) would
-# silently mix different experiments. Every training setting counts, except ``check_every``
-# (the measurements do not depend on it) and ``eps`` (judged by ``check_judgeable``).
-HOMOGENEOUS_COLUMNS = ("target", "d", "delta_2", *(c for c in TRAINING_COLUMNS if c not in ("check_every", "eps")))
+# The columns whose values a cell's runs are drawn over: data instances and initialisations.
+REPLICATE_COLUMNS = ("data_seed", "seed")
+# Training settings that runs of one cell may differ in: ``check_every`` (the measurements do not depend
+# on it) and ``eps`` (judged by ``check_judgeable``; in the success and threshold tables ``eps`` is eps').
+POOLED_SETTINGS = ("check_every", "eps")
+# Every other training setting makes another experiment (``TrainConfig``'s fields, so a new one counts).
+EXPERIMENT_SETTINGS = tuple(c for c in TRAINING_COLUMNS if c not in POOLED_SETTINGS)
+
+# Runs that share a cell must have been trained the same way; pooling a frozen-pattern control with
+# ReLU runs (or two targets, dimensions, dtypes, step sizes, horizons) would silently mix different
+# experiments: every cell column that is not a key or a replicate, and every experiment setting.
+HOMOGENEOUS_COLUMNS = (*(c for c in CELL_COLUMNS if c not in (*CELL_KEYS, *REPLICATE_COLUMNS)), *EXPERIMENT_SETTINGS)
 
 # Censoring of a threshold (analysis.thresholds, and the width search's answer).
 NOT_CENSORED = "none"

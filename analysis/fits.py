@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CONFIDENCE, EXPONENT_TERMS, THEORY_EXPONENTS
-from .load import require_columns
 from .stats import ols
 from .thresholds import NOT_CENSORED
 

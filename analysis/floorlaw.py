@@ -22,16 +22,16 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
-from .defaults import CONFIDENCE, FAILED_STATUSES, STOPPED_AT_EPS
-from .load import require_columns
+from .columns import MissingColumnError, require_columns
+from .defaults import CONFIDENCE, EXPERIMENT_SETTINGS, FAILED_STATUSES, STOPPED_AT_EPS
 from .stats import cluster_percentile_interval
 
 FLOOR_TERMS = ("n", "k", "delta", "m")
 # Columns that identify the data set a run was trained on; a random effect lives at this level.
 INSTANCE_KEYS = ("n", "k", "d", "delta", "bias", "target", "delta_2", "data_seed")
-# Columns that split runs into separate laws when present (a horizon, a step size or the frozen
-# control is a different experiment, not a regressor).
-DEFAULT_BY = ("bias", "mode", "step_factor", "t_max")
+# Columns that split runs into separate laws when present: the bias, and every training setting that
+# makes another experiment (a horizon, a step size or the frozen control is not a regressor).
+DEFAULT_BY = ("bias", *EXPERIMENT_SETTINGS)
 K_GROUP = "k_group"  # derived: "k=0" (plain L2) vs "k>=1"; log k does not exist at k = 0
 FLOOR_N_BOOT = 400
 _NO_INTERVAL_EXACT = "no interval: every bootstrap replicate gave the same value"
@@ -275,6 +275,19 @@ def floor_group_columns(fit: pd.DataFrame) -> list[str]:
     return [c for c in fit.columns if c not in FLOOR_COLUMNS]
 
 
+def _with_constant_groups(table: pd.DataFrame, fit: pd.DataFrame, by: Sequence[str], name: str) -> pd.DataFrame:
+    """``table`` with each group column ``by`` of ``fit`` it lacks, filled where the fit has one value of
+    it (it chooses no law); a column with several values raises naming it."""
+    for col in by:
+        if col not in table.columns:
+            values = fit[col].unique()
+            if len(values) > 1:
+                raise MissingColumnError(f"{name} lack {col!r}, which takes {list(values)} in the floor law: "
+                                         f"pass strata=({col!r},) to run_success or filter the fit")
+            table = table.assign(**{col: values[0]})
+    return table
+
+
 def m_star_from_floor_law(fit: pd.DataFrame, eps: float | Sequence[float], cells: pd.DataFrame, *,
                           rate: float = 0.5, confidence: float = CONFIDENCE) -> pd.DataFrame:
     """Width at which the floor law puts the loss at ``eps'``, per cell and ``eps'``, with a
@@ -284,15 +297,15 @@ def m_star_from_floor_law(fit: pd.DataFrame, eps: float | Sequence[float], cells
     ``rate = 0.5`` the width where the median run reaches ``eps'``; ``rate = 1 - delta_fail`` gives
     the width where that fraction of runs does, comparable with the direct thresholds.
 
-    cells: the fit's group columns (``k_group`` is derived from ``k`` if missing) and the terms other
-    than ``m``.  Returns ``cells`` columns, ``eps, rate, m_star_floor, m_star_floor_lo,
+    cells: the fit's group columns (``k_group`` is derived from ``k`` if missing; one the fit holds a
+    single value of may be left out) and the terms other than ``m``.  Returns ``cells`` columns, ``eps, rate, m_star_floor, m_star_floor_lo,
     m_star_floor_hi, rising_frac`` (fraction of replicates whose floor does not fall with ``m``: their
     ``m*`` is infinite) and ``note``.
     """
     by = floor_group_columns(fit)
     if K_GROUP in by and K_GROUP not in cells.columns:
         cells = add_k_group(cells)
-    require_columns(cells, by, "cells")
+    cells = _with_constant_groups(cells, fit, by, "cells")
     z = float(special.ndtri(rate))  # the normal quantile (stats.norm.ppf calls it; analysis/stats.py says why)
     alpha = 1 - confidence
     rows = []
@@ -348,13 +361,7 @@ def beside_thresholds(fit: pd.DataFrame, thresholds: pd.DataFrame, *, rate: floa
     by = floor_group_columns(fit)
     require_columns(thresholds, ["n", "k", "delta", "eps"], "thresholds")
     table = add_k_group(thresholds) if K_GROUP in by and K_GROUP not in thresholds.columns else thresholds
-    for col in by:
-        if col not in table.columns:
-            values = fit[col].unique()
-            if len(values) > 1:
-                raise ValueError(f"thresholds lack {col!r}, which takes {list(values)} in the floor law: "
-                                 f"pass strata=({col!r},) to run_success or filter the fit")
-            table = table.assign(**{col: values[0]})
+    table = _with_constant_groups(table, fit, by, "thresholds")
     if rate is None:
         require_columns(table, ["target"], "thresholds (or pass rate=)")
         rates = table["target"].unique()

@@ -8,8 +8,8 @@ from typing import Sequence
 
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import FAILED_STATUSES, STOPPED_AT_EPS
-from .load import require_columns
 
 
 class UnjudgeableToleranceError(ValueError):

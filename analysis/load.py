@@ -4,6 +4,9 @@ Layout: ``<out>/runs/*.parquet`` (one row per training run) and ``<out>/curves/*
 (one row per checkpoint of each run), one file per finished task.  Files whose names start
 with ``.`` or ``_`` (partial writes, metadata) or do not end in ``.parquet`` (``*.tmp``) are
 ignored, so a directory can be read while the pipeline is still writing to it.
+
+The columns read by default derive from the schema (``records.schema``) and from what each
+registered criterion declares it reads (:class:`analysis.success.Criterion`), never from a list here.
 """
 
 from __future__ import annotations
@@ -14,25 +17,42 @@ from typing import Iterable, NamedTuple, Sequence
 import pandas as pd
 import pyarrow.dataset as ds
 
-from records.schema import TABLES
+from records.schema import CURVES_SCHEMA, PROVENANCE_COLUMNS, RUNS_SCHEMA, TABLES
 from records.tables import read_table, table_files
 
-# Columns the analysis functions use, plus those a notebook needs to tell runs apart; the
-# loaders read these unless told otherwise.
-RUN_COLUMNS = (
-    "run_id", "sweep", "n", "k", "d", "m", "delta", "bias", "target", "delta_2", "data_seed", "seed", "mode",
-    "eps", "t_max", "t_unit", "max_steps", "step_factor", "checkpoints_per_decade", "divergence_factor", "dtype",
-    "status", "stopped_by", "steps", "t", "min_rel_loss", "final_rel_loss", "value_rel_final", "deriv_rel_final",
-    "decay_rate", "rate_ratio", "lambda_min_H0", "min_lambda_ratio", "max_weight_move", "flip_fraction",
-    "bound_held", "lambda_held", "bound_violation_t", "flips_gross_total", "flips_net_total", "lambda_star",
-    "m_thm", "prop1_bound",
-)
-CURVE_COLUMNS = ("run_id", "step", "t", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel",
-                 "bound_held", "lambda_min")
+from .columns import MissingColumnError, require_columns
+from .success import declared_columns
+
+__all__ = ["CURVE_COLUMNS", "CURVE_KEYS", "DEFAULT_COLUMNS", "RUN_COLUMNS", "MissingColumnError", "Results",
+           "curve_columns", "load_curves", "load_results", "load_runs", "require_columns", "run_columns"]
+
+# A checkpoint is one row of the curves table per run and step.
+CURVE_KEYS = ("run_id", "step")
+# ``columns=DEFAULT_COLUMNS``: what :func:`run_columns` / :func:`curve_columns` say when the table is read.
+DEFAULT_COLUMNS = "default"
 
 
-class MissingColumnError(ValueError):
-    """A table lacks a column an analysis step needs."""
+def run_columns() -> tuple[str, ...]:
+    """The runs columns the loaders read by default, in the schema's order: every column of the schema
+    (identity, cell, training settings, summary, instance) but the provenance (how a run was made, not
+    what it is or measured), and any provenance column a registered criterion declares it reads
+    (:func:`analysis.success.declared_columns`). So a new setting or summary field is read with no edit here."""
+    declared = set(declared_columns()[0])
+    return tuple(c for c in RUNS_SCHEMA.names if c not in PROVENANCE_COLUMNS or c in declared)
+
+
+def curve_columns() -> tuple[str, ...]:
+    """The curves columns the loaders read by default, in the schema's order: the keys ``run_id, step``
+    and the curves columns the registered criteria declare they read (the curves are the large table,
+    so not every column). A declared column the schema does not have is left to the judge's own error."""
+    wanted = {*CURVE_KEYS, *declared_columns()[1]}
+    return tuple(c for c in CURVES_SCHEMA.names if c in wanted)
+
+
+# The defaults with the criteria registered at import (a criterion registered later is read too:
+# the loaders ask :func:`run_columns` / :func:`curve_columns` at each call).
+RUN_COLUMNS = run_columns()
+CURVE_COLUMNS = curve_columns()
 
 
 class Results(NamedTuple):
@@ -40,14 +60,16 @@ class Results(NamedTuple):
     curves: pd.DataFrame
 
 
-def require_columns(df: pd.DataFrame, columns: Iterable[str], table: str) -> None:
-    """Raise :class:`MissingColumnError` naming every column of ``columns`` absent from ``df``."""
-    missing = [c for c in columns if c not in df.columns]
-    if missing:
-        raise MissingColumnError(f"{table} table lacks column(s) {missing}; it has {list(df.columns)}")
+def _wanted(table: str, columns: Sequence[str] | str | None) -> list[str] | None:
+    """The columns to read: the default of ``table``, all (None) or ``columns`` without repeats."""
+    if isinstance(columns, str):
+        if columns != DEFAULT_COLUMNS:
+            raise TypeError(f"columns={columns!r}: pass a list of column names, None (all) or DEFAULT_COLUMNS")
+        columns = run_columns() if table == "runs" else curve_columns()
+    return None if columns is None else list(dict.fromkeys(columns))
 
 
-def _read(out: str | Path, table: str, columns: Sequence[str] | None,
+def _read(out: str | Path, table: str, columns: Sequence[str] | str | None,
           filter_expr: ds.Expression | None = None) -> pd.DataFrame:
     """Every finished Parquet file of ``<out>/<table>`` as one table, in the pipeline's schema
     (``records.schema``): files written before a column existed read with its documented default.
@@ -57,17 +79,18 @@ def _read(out: str | Path, table: str, columns: Sequence[str] | None,
         raise FileNotFoundError(f"no results directory {Path(out) / table}")
     if not table_files(Path(out), table):
         raise FileNotFoundError(f"no finished .parquet files in {Path(out) / table}")
+    columns = _wanted(table, columns)
     unknown = [c for c in columns or () if c not in TABLES[table].names]
     if unknown:
         raise MissingColumnError(f"{table} table has no column(s) {unknown}; the pipeline writes "
                                  f"{TABLES[table].names}")
-    return read_table(Path(out), table, list(columns) if columns else None, filter_expr).to_pandas()
+    return read_table(Path(out), table, columns or None, filter_expr).to_pandas()
 
 
-def load_runs(out: str | Path, columns: Sequence[str] | None = RUN_COLUMNS) -> pd.DataFrame:
+def load_runs(out: str | Path, columns: Sequence[str] | str | None = DEFAULT_COLUMNS) -> pd.DataFrame:
     """The runs table of results directory ``out`` (``<out>/runs``), one row per run.
 
-    Reads ``columns`` (default :data:`RUN_COLUMNS`, those the analysis uses; ``None`` for all).
+    Reads ``columns`` (default :func:`run_columns`: the schema's and what the criteria declare; ``None`` for all).
     Raises if a ``run_id`` appears twice: a run counted twice would inflate a cell's seeds.
     """
     runs = _read(out, "runs", columns)
@@ -78,18 +101,20 @@ def load_runs(out: str | Path, columns: Sequence[str] | None = RUN_COLUMNS) -> p
     return runs
 
 
-def load_curves(out: str | Path, columns: Sequence[str] | None = CURVE_COLUMNS,
+def load_curves(out: str | Path, columns: Sequence[str] | str | None = DEFAULT_COLUMNS,
                 run_ids: Iterable[str] | None = None) -> pd.DataFrame:
     """The curves table of ``out`` (``<out>/curves``): one row per checkpoint of each run,
-    sorted by ``run_id, step``.  ``run_ids`` restricts the read to those runs (read-time filter,
+    sorted by ``run_id, step``.  Reads ``columns`` (default :func:`curve_columns`: the keys and what the
+    criteria declare; ``None`` for all).  ``run_ids`` restricts the read to those runs (read-time filter,
     so a notebook can look at a few runs of a large study cheaply)."""
     filter_expr = None if run_ids is None else ds.field("run_id").isin(list(run_ids))
     curves = _read(out, "curves", columns, filter_expr)
-    order = [c for c in ("run_id", "step") if c in curves.columns]
+    order = [c for c in CURVE_KEYS if c in curves.columns]
     return curves.sort_values(order, ignore_index=True) if order else curves
 
 
-def load_results(out: str | Path, run_columns: Sequence[str] | None = RUN_COLUMNS,
-                 curve_columns: Sequence[str] | None = CURVE_COLUMNS) -> Results:
-    """Both tables of results directory ``out`` as ``Results(runs, curves)``."""
+def load_results(out: str | Path, run_columns: Sequence[str] | str | None = DEFAULT_COLUMNS,
+                 curve_columns: Sequence[str] | str | None = DEFAULT_COLUMNS) -> Results:
+    """Both tables of results directory ``out`` as ``Results(runs, curves)`` (columns as in
+    :func:`load_runs` and :func:`load_curves`)."""
     return Results(load_runs(out, run_columns), load_curves(out, curve_columns))

@@ -17,9 +17,9 @@ from typing import NamedTuple, Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CONFIDENCE, FAILED_STATUSES
-from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, fit_floor_law, hierarchical_weights, instance_ids
-from .load import require_columns
+from .floorlaw import DEFAULT_BY, FLOOR_N_BOOT, FLOOR_TERMS, fit_floor_law, hierarchical_weights, instance_ids
 from .stats import cluster_percentile_interval
 
 MECHANISM_TERMS = ("min_lambda_ratio", "jump_rate_late")
@@ -58,7 +58,8 @@ def fit_mechanism(runs: pd.DataFrame, *, terms: Sequence[str] = MECHANISM_TERMS,
             (``n, k, delta, bias, data_seed`` ...); diverged runs and runs with a non-finite value are
             left out (counted in ``note``).
         terms: the regressors of ``late_rate`` (default ``min_lambda_ratio, jump_rate_late``).
-        by: group columns (default those of ``bias, mode, step_factor`` present).
+        by: group columns (default those of :data:`analysis.floorlaw.DEFAULT_BY` present: the bias and
+            every training setting that makes another experiment, as for the jumps' law).
         jump_col: the jump measure whose scaling is fitted (``jump_rate_late`` or ``jump_energy_total``);
             runs where it is not positive (no flips, e.g. ``k = 0``) are left out of that fit and counted.
         jump_terms: regressors of the jump law (``k = 0`` in its own group).
@@ -69,7 +70,7 @@ def fit_mechanism(runs: pd.DataFrame, *, terms: Sequence[str] = MECHANISM_TERMS,
         instances; ``expected`` from :data:`EXPECTED`; ``r2`` of the fit), and ``jumps``.
     """
     require_columns(runs, ["status", "late_rate", *terms], "runs")
-    by = [c for c in ("bias", "mode", "step_factor") if c in runs.columns] if by is None else list(by)
+    by = [c for c in DEFAULT_BY if c in runs.columns] if by is None else list(by)
     data = runs[~runs["status"].isin(FAILED_STATUSES)]
     data = data.assign(_finite=np.isfinite(data[["late_rate", *terms]].to_numpy(float)).all(axis=1))
     rng = np.random.default_rng(seed)

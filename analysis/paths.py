@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-DEFAULT_RESULTS = "results/cpu_study"
+DEFAULT_RESULTS = "results/widths"
 
 
 def repo_root() -> Path:
@@ -15,7 +15,7 @@ def repo_root() -> Path:
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """``path``, else ``$SOBOLEV_RESULTS``, else ``results/cpu_study``; a relative path is taken from the
+    """``path``, else ``$SOBOLEV_RESULTS``, else ``results/widths``; a relative path is taken from the
     repository root (``analysis.load_results`` says, in one line, when there are no results there)."""
     chosen = Path(path or os.environ.get("SOBOLEV_RESULTS") or DEFAULT_RESULTS).expanduser()
     return chosen if chosen.is_absolute() else repo_root() / chosen

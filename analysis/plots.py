@@ -14,8 +14,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from .defaults import EXPONENT_TERMS, THEORY_EXPONENTS
-from .load import require_columns
+from records.schema import TRAINING_COLUMNS
+
+from .columns import require_columns
+from .defaults import EXPONENT_TERMS, THEORY_EXPONENTS, THRESHOLD_KEYS
 from .thresholds import ABOVE, BELOW, NOT_CENSORED
 
 # Markers of the threshold plots: a censored cell is drawn at its bound, pointing the way the
@@ -241,9 +243,9 @@ def interval_text(estimate, lo, hi, digits: int = 2) -> pd.Series:
     return pd.Series(out, dtype=object)
 
 
-# Columns that identify the training of a threshold cell besides THRESHOLD_KEYS (``eps`` is not one:
-# in a thresholds table it is the tolerance eps', in the runs table the training eps).
-PLOT_CELL_KEYS = ("n", "k", "delta", "bias", "mode", "t_max", "step_factor")
+# A threshold cell: THRESHOLD_KEYS and every training setting but ``eps`` (in a thresholds table
+# ``eps`` is the tolerance eps', in the runs table the training eps).
+PLOT_CELL_KEYS = (*THRESHOLD_KEYS, *(c for c in TRAINING_COLUMNS if c != "eps"))
 
 
 def logistic_plot_table(th: pd.DataFrame, runs: pd.DataFrame, keys: Sequence[str] = PLOT_CELL_KEYS) -> pd.DataFrame:

@@ -9,8 +9,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CELL_KEYS, CONFIDENCE, EXPECTED_WIDTH_SLOPES, FAILED_STATUSES, STOPPED_AT_EPS, THRESHOLD_KEYS
-from .load import require_columns
 from .stats import loglog_slope
 
 

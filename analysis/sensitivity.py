@@ -15,10 +15,10 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CONFIDENCE, EXPONENT_TERMS, THEORY_EXPONENTS
 from .fits import fit_exponents
 from .floorlaw import fit_floor_law, floor_group_columns
-from .load import require_columns
 from .stats import cluster_percentile_interval
 from .judging import UnjudgeableToleranceError
 from .success import run_success, success_rates

@@ -36,10 +36,10 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
 from .judging import check_judgeable, checkpoints as _checkpoints
 from .judging import not_failed as _not_failed
-from .load import require_columns
 from .timed import TIMED_CRITERIA, parse_horizon
 from .stats import wilson_interval
 
@@ -50,21 +50,36 @@ RATE_STATS = ("trials", "successes", "rate", "rate_lo", "rate_hi")
 
 @dataclass(frozen=True)
 class Criterion:
-    """A success criterion: ``judge(runs, curves, eps')`` -> bool Series indexed like ``runs``."""
+    """A success criterion: ``judge(runs, curves, eps')`` -> bool Series indexed like ``runs``.
+
+    ``columns`` and ``curve_columns`` declare what the judge reads of the runs and of the curves table;
+    the loaders read them by default (:func:`analysis.load.load_runs`), and a criterion that reads the
+    curves needs them (:attr:`needs_curves`).
+    """
 
     name: str
     judge: Callable[[pd.DataFrame, pd.DataFrame | None, float], pd.Series]
-    needs_curves: bool
+    columns: tuple[str, ...]
+    curve_columns: tuple[str, ...]
     doc: str
+
+    @property
+    def needs_curves(self) -> bool:
+        return bool(self.curve_columns)
 
 
 _REGISTRY: dict[str, Criterion] = {}
 
 
-def register(name: str, *, needs_curves: bool):
-    """Register a criterion function under ``name`` (a decorator)."""
+def _first_line(fn) -> str:
+    return (fn.__doc__ or "").strip().partition("\n")[0]
+
+
+def register(name: str, *, columns: Sequence[str], curve_columns: Sequence[str] = ()):
+    """Register a criterion function under ``name`` (a decorator), with the runs ``columns`` and the
+    ``curve_columns`` it reads (none: it judges from the runs table alone)."""
     def add(fn):
-        _REGISTRY[name] = Criterion(name, fn, needs_curves, (fn.__doc__ or "").strip().partition("\n")[0])
+        _REGISTRY[name] = Criterion(name, fn, tuple(columns), tuple(curve_columns), _first_line(fn))
         return fn
     return add
 
@@ -74,16 +89,24 @@ def criterion(name: str) -> Criterion:
 
     A criterion with a horizon (:data:`analysis.timed.TIMED_CRITERIA`: ``conv, rate, rate_soft,
     lazy``) is named ``base`` (judged at each run's own horizon) or ``base@T`` (at flow time ``T``
-    in units of ``1/lambda_*``, e.g. ``"conv@48"``)."""
+    in units of ``1/lambda_*``, e.g. ``"conv@48"``); only at an explicit ``T`` do some read the curves."""
     if name in _REGISTRY:
         return _REGISTRY[name]
     base, horizon = parse_horizon(name) if name.partition("@")[0] in TIMED_CRITERIA else (name, None)
     if base not in TIMED_CRITERIA:
         known = [*_REGISTRY, *(f"{c}[@T]" for c in TIMED_CRITERIA)]
         raise ValueError(f"criterion {name!r} is unknown; use one of {', '.join(known)}")
-    judge, curves_at_horizon = TIMED_CRITERIA[base]
-    doc = (judge.__doc__ or "").strip().partition("\n")[0]
-    return Criterion(name, functools.partial(judge, horizon=horizon), curves_at_horizon and horizon is not None, doc)
+    timed = TIMED_CRITERIA[base]
+    return Criterion(name, functools.partial(timed.judge, horizon=horizon), timed.columns,
+                     timed.curve_columns if horizon is not None else (), _first_line(timed.judge))
+
+
+def declared_columns() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The runs columns and the curves columns that some criterion reads: every registered one, and
+    every one with a horizon judged at an explicit ``T`` (where it reads the most), each in first-seen order."""
+    declared = [*_REGISTRY.values(), *TIMED_CRITERIA.values()]
+    return (tuple(dict.fromkeys(c for d in declared for c in d.columns)),
+            tuple(dict.fromkeys(c for d in declared for c in d.curve_columns)))
 
 
 def criteria() -> tuple[str, ...]:
@@ -97,7 +120,7 @@ def timed_criteria() -> tuple[str, ...]:
     return tuple(TIMED_CRITERIA)
 
 
-@register("interpolation", needs_curves=False)
+@register("interpolation", columns=("status", "eps", "min_rel_loss"))
 def interpolation_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float) -> pd.Series:
     """The relative loss reached eps' at some step (min_rel_loss), the optimistic reading.
     Columns: ``status, eps, min_rel_loss``."""
@@ -124,21 +147,27 @@ def _settles(runs: pd.DataFrame, curves: pd.DataFrame, eps: float, quantities: S
     return _not_failed(runs) & _by_run(runs, ok, False)
 
 
-@register("settled", needs_curves=True)
+_SETTLES = ("run_id", "status", "eps", "min_rel_loss")
+
+
+@register("settled", columns=_SETTLES, curve_columns=("run_id", "step", "rel_loss", "rel_loss_interval_max"))
 def settled_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
     """The relative loss stays <= eps' from some time on to the end of the budget.
     runs: ``run_id, status, eps, min_rel_loss``; curves: ``run_id, step, rel_loss, rel_loss_interval_max``."""
     return _settles(runs, curves, eps, ["rel_loss"])
 
 
-@register("settled_both", needs_curves=True)
+@register("settled_both", columns=_SETTLES,
+          curve_columns=("run_id", "step", "rel_loss", "value_rel", "deriv_rel", "rel_loss_interval_max",
+                         "value_rel_interval_max", "deriv_rel_interval_max"))
 def settled_both_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
     """The loss, the value residual and the derivative residual each settle <= eps' (relative to their start).
     curves: ``run_id, step`` and ``rel_loss, value_rel, deriv_rel`` with their ``_interval_max``."""
     return _settles(runs, curves, eps, ["rel_loss", "value_rel", "deriv_rel"])
 
 
-@register("regime", needs_curves=True)
+@register("regime", columns=("run_id", "status", "eps", "min_rel_loss", "lambda_star", "bound_violation_t"),
+          curve_columns=("run_id", "step", "t", "rel_loss", "bound_held", "lambda_min"))
 def regime_success(runs: pd.DataFrame, curves: pd.DataFrame, eps: float) -> pd.Series:
     """The theorem's bound (every step) and lambda_min(H) >= lambda_*/2 (every checkpoint) held
     until eps' was first reached.
@@ -184,7 +213,9 @@ def run_success(runs: pd.DataFrame, curves: pd.DataFrame | None = None, eps_grid
 
     runs: ``run_id, n, k, delta, bias, m, seed, status, eps, min_rel_loss`` (+ ``lambda_star`` and
     ``curves`` for the ``regime`` criterion).  ``strata`` are extra columns that split cells (e.g.
-    ``("mode",)``); runs that differ in a column of ``HOMOGENEOUS_COLUMNS`` within a cell raise.
+    ``("mode",)``); runs that differ in a column of ``HOMOGENEOUS_COLUMNS`` (every training setting
+    but ``check_every`` and ``eps``, and the cell's ``d, target, delta_2``) within a cell raise.  A
+    column ``runs`` lacks cannot be checked: :func:`analysis.load.load_runs` reads all of them by default.
 
     Returns columns ``n, k, delta, bias, *strata, criterion, eps, m, run_id, seed, success``
     (``eps`` is the tolerance eps' of the criterion, not the training one).

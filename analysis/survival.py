@@ -17,9 +17,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import CELL_KEYS, CONFIDENCE, FAILED_STATUSES
 from .floorlaw import FLOOR_N_BOOT, hierarchical_weights
-from .load import require_columns
 from .stats import cluster_percentile_interval, wilson_interval
 from .timed import TIME_SLACK, budget_horizon, stop_time, time_to
 

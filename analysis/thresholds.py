@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy import special
 
+from .columns import require_columns
 from .defaults import ABOVE, BELOW, CONFIDENCE, N_BOOT, NOT_CENSORED, THRESHOLD_KEYS, UNDEFINED
-from .load import require_columns
 from .stats import cluster_percentile_interval, firth_logistic_batch, logistic_crossing
 from .success import RATE_STATS
 

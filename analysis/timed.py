@@ -24,13 +24,15 @@ raises a one-line error naming the run (never a silent failure); filter with :fu
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import numpy as np
 import pandas as pd
 
+from .columns import require_columns
 from .defaults import FAILED_STATUSES, STOPPED_AT_EPS
 from .judging import check_judgeable, checkpoints
 from .judging import not_failed as _not_failed
-from .load import require_columns
 
 # Tolerances at which the training summary records the first time the relative loss reached them.
 T_TO_EPS = (1e-4, 1e-5, 1e-6, 1e-7, 1e-8, 1e-9, 1e-10)
@@ -239,10 +241,23 @@ def parse_horizon(name: str) -> tuple[str, float | None]:
     return base, horizon
 
 
+class TimedCriterion(NamedTuple):
+    """A criterion with a horizon: its judge, the runs columns it reads, and the curves columns it reads
+    when judged at an explicit horizon ``T`` (none when judged at each run's own horizon)."""
+
+    judge: Callable[..., pd.Series]
+    columns: tuple[str, ...]
+    curve_columns: tuple[str, ...]
+
+
+# Every first time the summary records: the judge reads the one of its eps'.
+T_TO_COLUMNS = tuple(t_to_column(eps) for eps in T_TO_EPS)
+_CONV = ("run_id", "status", "eps", "min_rel_loss", "t", "lambda_star", *T_TO_COLUMNS)
 TIMED_CRITERIA = {
-    # name: (judge, needs the curves when judged at an explicit horizon)
-    "conv": (conv_success, False),
-    "rate": (rate_success, False),
-    "rate_soft": (rate_soft_success, True),
-    "lazy": (lazy_success, True),
+    "conv": TimedCriterion(conv_success, _CONV, ()),
+    "rate": TimedCriterion(rate_success, (*_CONV, "bound_violation_t"), ()),
+    "rate_soft": TimedCriterion(rate_soft_success, ("run_id", "status", "t", "lambda_star", "late_rate"),
+                                ("run_id", "step", "t", "rel_loss")),
+    "lazy": TimedCriterion(lazy_success, ("run_id", "status", "t", "lambda_star", "max_H_drift_2", "min_lambda_ratio"),
+                           ("run_id", "step", "t", "H_drift_2", "lambda_min")),
 }

@@ -46,12 +46,12 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .columns import require_columns
 from .comparisons import THEOREM_CAVEAT, theorem_exponents
 from .defaults import ABOVE, BELOW, CONFIDENCE, EXPONENT_TERMS, NOT_CENSORED, THRESHOLD_KEYS, UNDEFINED
 from .fits import _design, _uncensored, fit_exponents
 from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, K_GROUP, add_k_group, fit_floor_law, m_star_from_floor_law
 from .known import known_laws
-from .load import require_columns
 from .stats import _z, cluster_percentile_interval, firth_logistic
 from .success import run_success, success_rates
 from .thresholds import instance_thresholds, thresholds
@@ -400,7 +400,8 @@ def _drift_law_rows(law: pd.DataFrame, widths: pd.DataFrame, runs: pd.DataFrame,
                      for t in names]
             continue
         extra = f"{np.mean(~falling):.0%} of bootstrap laws do not fall with m, left out" if (~falling).any() else ""
-        cov = np.cov(D, rowvar=False) if len(D) >= 2 else np.full((len(names), len(names)), np.nan)
+        # np.cov of one column is 0-d: a law with only its intercept (every regressor constant) needs it 2-d
+        cov = np.atleast_2d(np.cov(D, rowvar=False)) if len(D) >= 2 else np.full((len(names), len(names)), np.nan)
         for i, t in enumerate(names):
             lo = hi = np.nan
             if len(D) >= 2 and n_inst >= 2 and np.ptp(D[:, i]) > 0:

@@ -72,7 +72,7 @@ def memory(device: str) -> None:
     cuda = device == "cuda"
     for n, d, k, m, R, dt, bias in (CUDA_SHAPES if cuda else SHAPES):
         dtype = getattr(torch, dt)
-        model = task_bytes(R, n, d, k, m, dtype, bias=bias)
+        model = task_bytes(R, n, d, k, m, dtype, bias=bias, eager=True)
         label = f"memory n={n} d={d} k={k} m={m} R={R} {dt}{' bias' if bias else ''}"
         if not cuda:
             print(f"ROW|{label}|model {model / 2**20:.2f} MiB (no allocator peak on the CPU)")

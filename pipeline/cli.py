@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from analysis.report import report_results
 from records.tables import MANIFEST, compact
 from sobolev import __version__
 
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(sy, ray=False)
     st = sub.add_parser("status", help="per cell: runs done, diverged, pending, and the last activity")
     _common(st, ray=False, mlflow=False)
+    _report_parser(sub)
     sb = sub.add_parser("submit", help="`ray job submit` a pipeline command to a running Ray cluster "
                                        "(auth token, git commit and upload handled)",
                         usage="python -m pipeline submit [--address URL] [--no-wait] -- COMMAND ARGS...")
@@ -129,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "compact":
         return _compact(Path(args.out))
+    if args.command == "report":
+        return _report(args)
     try:
         if args.command == "submit":
             rest = args.pipeline_args[1:] if args.pipeline_args[:1] == ["--"] else args.pipeline_args
@@ -144,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             return _sync(cfg, args, out)
         check_out(out)
         if args.command == "search" and cfg.search is None:
-            raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/cpu_study.yaml)")
+            raise ConfigError(f"{args.config}: search: no 'search' section; add one (see configs/search.yaml)")
         if args.dry_run:
             preflight(cfg, out, None)
             print("\n".join(estimate_lines(cfg, out, search=args.command == "search",
@@ -175,7 +179,7 @@ def _sync(cfg, args, out: Path) -> int:
     check_reachable(uri)
     with OutputLock(out, "sync", wait=args.wait):
         tracker = open_tracker(uri, cfg.experiment_name(), cfg.name, "sync", params={"sync": str(out), "kind": "sync"},
-                               out=out)
+                               out=out, settings=cfg.tracking)
         n = sync(tracker, out)
         tracker.close()
     if tracker.error:
@@ -205,4 +209,35 @@ def _compact(out: Path) -> int:
     merged = compact(out)
     print(f"compacted {out}: " + ", ".join(f"{n} {t} files into one" if n else f"{t} already one file"
                                            for t, n in merged.items()))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# report: the study's shipped tables (analysis.report), from a finished results directory
+
+
+def _report_parser(sub) -> None:
+    rp = sub.add_parser("report", help="write a study's tables (laws.csv, widths.csv, horizons.csv, ...) from "
+                                       "its results directory (analysis.report)")
+    rp.add_argument("out", help="the results directory (e.g. results/widths); run it when no sweep writes into it")
+    rp.add_argument("--to", metavar="DIR", help="write the tables here (default: OUT, next to runs/ and curves/)")
+    rp.add_argument("--horizons", type=float, nargs="+", default=[48.0, 96.0, 192.0], metavar="T",
+                    help="horizons T, 2T, 4T in units of 1/lambda_* (default 48 96 192)")
+    rp.add_argument("--long-horizons", type=float, nargs="+", default=[384.0, 768.0], metavar="T",
+                    help="the long part's extra horizons (default 384 768)")
+    rp.add_argument("--drift-horizon", type=float, default=24.0, metavar="T", help="horizon of m_lazy (default 24)")
+    rp.add_argument("--eps", type=float, default=1e-8, help="tolerance eps' of m_conv and m_rate (default 1e-8)")
+    rp.add_argument("--delta-fail", type=float, default=0.1, help="widths at success rate 1 - delta_fail (0.1)")
+    rp.add_argument("--n-boot", type=int, default=400, help="bootstrap replicates (default 400)")
+
+
+def _report(args) -> int:
+    try:
+        written = report_results(args.out, args.to, horizons=args.horizons, long_horizons=args.long_horizons,
+                                 drift_horizon=args.drift_horizon, eps=args.eps, delta_fail=args.delta_fail,
+                                 n_boot=args.n_boot)
+    except (OSError, ValueError) as exc:
+        print(f"error: report: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(f"wrote {path}" for path in written.values()))
     return 0

@@ -28,6 +28,8 @@ from records.identity import non_default_settings
 from sobolev.problem import make_problem, max_separation, placement_failure_bound
 from sobolev.settings import TrainConfig
 
+from .uris import redact, uri_problem
+
 
 class ConfigError(ValueError):
     """A configuration problem, stated in one line: the field, what is wrong, the fix."""
@@ -202,14 +204,44 @@ class Resources(_Frozen):
         return _number(v)
 
 
+CURVE_POINTS = 8  # the default of Tracking.curve_points; benchmarks/plot_curve_points.py shows what it keeps
+
+
 class Tracking(_Frozen):
     """MLflow: ``experiment`` (default: the sweep name); ``uri`` overrides
-    ``MLFLOW_TRACKING_URI`` and the default ``sqlite:///mlflow.db``; ``enabled: false``
-    writes Parquet only."""
+    ``MLFLOW_TRACKING_URI`` and the default ``sqlite:///mlflow.db`` (credentials never go in it:
+    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``); ``enabled: false`` writes
+    Parquet only. ``curve_points``: at most this many checkpoints of each curve go to MLflow as
+    metric history, log-spaced in flow time (``all``: every checkpoint); a server's time per run
+    grows with the values it stores. The full curves are always in Parquet; ``curve_artifact:
+    true`` also attaches them to each MLflow run as ``curves.csv``. Neither changes any result."""
 
     experiment: str | None = None
     uri: str | None = None
     enabled: bool = True
+    curve_points: Union[Annotated[int, Field(ge=2)], Literal["all"]] = CURVE_POINTS
+    curve_artifact: bool = False
+
+    @field_validator("uri")
+    @classmethod
+    def _uri(cls, v):
+        if v is None:
+            return v
+        problem = uri_problem(v)
+        if problem:  # shown redacted: a password never reaches a message
+            raise ValueError(f"{problem[0]} (got {redact(v)!r}); {problem[1]}")
+        return v
+
+    @field_validator("curve_points", mode="before")
+    @classmethod
+    def _points(cls, v):
+        if v != "all" and (not isinstance(v, int) or isinstance(v, bool) or v < 2):
+            raise ValueError("must be a count of checkpoints >= 2, or 'all' to send every checkpoint")
+        return v
+
+    def points_sent(self) -> int | None:
+        """How many checkpoints of a curve go to MLflow (None: all)."""
+        return None if self.curve_points == "all" else self.curve_points
 
 
 class Search(_Frozen):

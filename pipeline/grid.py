@@ -74,7 +74,8 @@ def replicas_per_task(cfg: SweepConfig, cell: Cell, train: TrainConfig) -> int:
     budget = (cfg.resources.memory_budget_gb * 2**30 if cfg.resources.memory_budget_gb
               else default_budget_bytes(cfg.resources.num_cpus, cfg.resources.num_gpus))
     fit = replicas_that_fit(int(budget), cell.n, cell.d, cell.k, cell.m, getattr(torch, train.dtype),
-                            bias=cell.bias, mode=train.mode, check_every=train.check_every)
+                            bias=cell.bias, mode=train.mode, check_every=train.check_every,
+                            eager=cfg.resources.num_gpus > 0)  # a GPU runs the eager pattern rule
     return max(1, min(fit, len(cfg.seeds.init)))
 
 

@@ -12,7 +12,8 @@
 - Two live drivers logging the same experiment (different outputs): before a batch, runs another
   driver already logged whole are skipped; after it, a run logged whole by both keeps the child
   that was logged first (metric ``logged_at``; ties: the smaller MLflow id), the later one deletes its own. Each driver
-  checks after finishing its children, so the later finisher always sees the earlier one.
+  checks after finishing its children, and waits for another's child of the same run that is logged but not yet
+  whole, so the one that must delete always sees the other whole.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ def degrade_after_s() -> float:
 
 
 def open_tracker(uri: str, experiment: str, sweep: str, commit: str, params: dict, out: Path | None = None,
-                 workers: int | None = None) -> "LoggingThread":
-    """A Tracker (store creation serialised, calls bounded), its stale parents reaped, in a thread."""
+                 workers: int | None = None, settings=None) -> "LoggingThread":
+    """A Tracker (store creation serialised, calls bounded), its stale parents reaped, in a thread.
+    ``settings``: the sweep's ``config.Tracking`` (how much of each curve goes to MLflow)."""
     bound_http_calls()
+    curves = dict(curve_points=settings.points_sent(), curve_artifact=settings.curve_artifact) if settings else {}
     with store_creation_lock(uri):
         try:
-            tracker = Tracker(uri, experiment, sweep, commit, params=params)
+            tracker = Tracker(uri, experiment, sweep, commit, params=params, **curves)
         except Exception as exc:  # noqa: BLE001 - re-raised with what happened
             if "OperationalError" in type(exc).__name__ + repr(exc):
                 raise RuntimeError(f"the SQLite store {uri} could not be opened ({one_line(exc)}): another process "
@@ -119,15 +122,16 @@ class Guard:
                 print(f"notice: MLflow run {r.info.run_id} ({r.info.run_name}) was left RUNNING; marked KILLED: {why}",
                       file=sys.stderr, flush=True)
 
-    def refresh(self) -> None:
+    def refresh(self) -> set[str]:
         """Children of other parents logged whole since the last refresh. A child's start and end
         are its training's (tracking.child_times), so the time it was logged is its metric
         ``logged_at`` (epoch ms, in the batch of its metrics); it is whole once terminated, the
-        call after that batch, so a child seen still RUNNING holds the next refresh back to it."""
+        call after that batch, so a child seen still RUNNING holds the next refresh back to it.
+        Returns the run_ids of such children (logged, not yet whole)."""
         now = int(time.time() * 1000)
         flt = (f"tags.kind = 'run' AND metrics.logged_at >= {self.since} AND "
                f"tags.`mlflow.parentRunId` != '{self.t.parent_id}'")
-        token, since = None, now - CLOCK_SKEW_MS
+        token, since, pending = None, now - CLOCK_SKEW_MS, set()
         # a child logged before this and still RUNNING is cut off: its driver had longer than any call takes
         cut_off = now - 1000 * degrade_after_s() - CLOCK_SKEW_MS
         while True:
@@ -140,15 +144,23 @@ class Guard:
                 elif r.data.metrics["logged_at"] >= cut_off:
                     # logged, not yet terminated: the next refresh must see it again
                     since = min(since, int(r.data.metrics["logged_at"]))
+                    pending.add(r.data.tags.get("run_id"))
             token = page.token
             if not token:
                 break
         self.since = since
+        return pending
 
     def resolve(self, run_ids: list[str]) -> int:
         """After logging ``run_ids`` whole: delete our child of each run another driver also logged
-        whole and finished first. Returns how many were deleted."""
-        self.refresh()
+        whole and finished first. Returns how many were deleted. Another driver's child of one of
+        these runs that is logged but not yet whole is waited for (its termination is its next
+        call; at most :func:`degrade_after_s`): it may be the first, and its driver may have
+        looked before ours was whole, so that only this check can see both."""
+        deadline = time.monotonic() + degrade_after_s()
+        wanted = set(run_ids)
+        while self.refresh() & wanted and time.monotonic() < deadline:
+            time.sleep(0.2)
         deleted = 0
         for rid in (r for r in run_ids if r in self.others):
             mine = self.t.client.search_runs(

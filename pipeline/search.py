@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from analysis.defaults import ABOVE, BELOW
 from analysis.success import criterion
 from records.identity import run_id, run_id_of_record
-from records.schema import THRESHOLDS_SCHEMA, Cell
+from records.schema import THRESHOLD_SETTING_COLUMNS, THRESHOLDS_SCHEMA, Cell
 from records.tables import atomic_write, read_table
 from sobolev.settings import TrainConfig
 
@@ -109,7 +109,7 @@ def run_search(cfg: SweepConfig, *, out: str | Path | None = None, tracking_uri:
                progress: bool = True, wait: float | None = None,
                grace_s: float = DEFAULT_GRACE_S) -> tuple[SweepReport, pd.DataFrame]:
     if cfg.search is None:
-        raise ValueError("search: the configuration has no 'search' section; add one (see configs/cpu_study.yaml)")
+        raise ValueError("search: the configuration has no 'search' section; add one (see configs/search.yaml)")
     from tqdm import tqdm  # only a search that trains draws a bar: `--help` and `status` stay light
 
     session = SweepSession(cfg, "search", out=out, tracking_uri=tracking_uri, mlflow=mlflow, address=address,
@@ -168,7 +168,7 @@ def thresholds_table(cfg: SweepConfig, state: _Searches) -> pd.DataFrame:
             note.append("m_max does not meet the target")
         rows.append(dict(
             **{f: v for f, v in dataclasses.asdict(c).items() if f != "m"},
-            mode=train.mode, t_max=train.t_max, step_factor=train.step_factor, dtype=train.dtype,
+            **{THRESHOLD_SETTING_COLUMNS[f]: v for f, v in dataclasses.asdict(train).items()},
             criterion=cfg.search.criterion, eps=cfg.search.eps, target_rate=1 - cfg.delta_fail,
             m_star=float(r["m_star"]) if r["m_star"] else math.nan, censored=r["censored"],
             m_lo=float(r["m_lo"]) if r["m_lo"] else math.nan, m_hi=float(r["m_hi"]) if r["m_hi"] else math.nan,

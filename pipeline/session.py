@@ -219,7 +219,8 @@ class SweepSession:
             return
         try:
             self.tracker = open_tracker(self.uri, self.cfg.experiment_name(), self.cfg.name, self.commit, out=self.out,
-                                        params=dict(config=self.cfg.model_dump_json(), kind=self.command, **params))
+                                        params=dict(config=self.cfg.model_dump_json(), kind=self.command, **params),
+                                        settings=self.cfg.tracking)
             if self.force:
                 self.tracker.delete_children()
             self.tracker.logged_run_ids()  # what is logged whole; children cut off mid-log are removed

@@ -9,6 +9,15 @@ the theorem's bound as a relative quantity ``curve.bound_rel = exp(-lambda_* t)`
 ``curve.rel_loss`` (:func:`child_metrics`), and the parent run carries the full configuration,
 the closing summary and (searches) the thresholds table as artifacts.
 
+How much of each curve goes to MLflow is a setting (``tracking.curve_points``, :func:`curve_rows`):
+a server's time per child grows with the metric values it stores, and the full curves are in
+Parquet anyway (and, with ``tracking.curve_artifact``, in a ``curves.csv`` on each child).
+
+Credentials never go in a URI (:func:`check_uri` refuses one that carries a password, and every
+message shows URIs through :func:`redact`): MLflow reads them from ``MLFLOW_TRACKING_USERNAME`` /
+``MLFLOW_TRACKING_PASSWORD`` (or ``MLFLOW_TRACKING_TOKEN``), a database's from ``PGPASSWORD`` or
+``~/.pgpass``; :func:`check_reachable` tries them before any work.
+
 Only the driver logs, one run at a time, so an SQLite store never sees concurrent
 writers ("database is locked"). Parquet is written before MLflow: MLflow can always be
 refilled from Parquet (:func:`sync`), never the other way round.
@@ -16,7 +25,10 @@ refilled from Parquet (:func:`sync`), never the other way round.
 
 from __future__ import annotations
 
+import base64
+import csv
 import datetime
+import io
 import json
 import math
 import os
@@ -33,14 +45,16 @@ import pyarrow.compute as pc
 from records.schema import CELL_COLUMNS, TRAINING_COLUMNS
 from records.tables import read_table
 
+from .config import CURVE_POINTS
+from .uris import redact, uri_problem
+
 PARAM_FIELDS = (*CELL_COLUMNS, *TRAINING_COLUMNS)
-TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "device", "task_id")
+TAG_FIELDS = ("run_id", "sweep", "git_commit", "status", "stopped_by", "trend", "device", "task_id")
 CURVE_METRICS = ("loss", "rel_loss", "rel_loss_interval_max", "value_rel", "deriv_rel", "lambda_min", "H_drift",
-                 "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net", "jump_norm", "eta")
+                 "H_drift_2", "max_weight_move", "flip_fraction", "bound", "lin_dist", "flips_gross", "flips_net",
+                 "flips_distinct", "jump_norm", "jump_energy", "eta")
 _MAX_METRICS, _MAX_PARAMS, _MAX_TAGS = 1000, 100, 100
 _MAX_PARAM_CHARS = 500  # a longer param would be cut by MLflow: it becomes an artifact of the parent instead
-# a store the pipeline can use; a bare word or a path is refused (MLflow would make a directory of it)
-URI_SCHEMES = ("http", "https", "sqlite", "file", "postgresql", "mysql", "mssql", "databricks")
 # MLflow 3's UI opens an experiment on its GenAI overview unless the link asks for the runs table;
 # the tag marks the experiment as classical ML for the UI's own experiment lists
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
@@ -58,17 +72,58 @@ def resolve_uri(cli_uri: str | None, config_uri: str | None) -> str:
 
 
 def check_uri(uri: str) -> None:
-    """Refuse, in one line, a tracking URI MLflow could not use or would misread as a directory."""
-    scheme = urllib.parse.urlsplit(uri).scheme.split("+")[0]
-    if scheme not in URI_SCHEMES or any(c.isspace() for c in uri):
-        raise TrackingError(f"tracking: {uri!r} is not a tracking URI; pass --tracking-uri http://HOST:PORT "
-                            f"(an MLflow server) or sqlite:///PATH.db (a local file), or --no-mlflow")
-    if scheme in ("http", "https") and not urllib.parse.urlsplit(uri).hostname:
-        raise TrackingError(f"tracking: {uri!r} names no host; pass --tracking-uri http://HOST:PORT")
+    """Refuse, in one line, a tracking URI with a :func:`uri_problem` (shown :func:`redact`-ed)."""
+    problem = uri_problem(uri)
+    if problem:
+        raise TrackingError(f"tracking: {redact(uri)!r} {problem[0]}; {problem[1]}")
+
+
+def auth_headers() -> dict[str, str]:
+    """The ``Authorization`` header MLflow's client sends, from the same variables and in the same
+    order (a user name and password, else a token)."""
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+LOGIN_TIMEOUT_S = 30.0  # the first store request of a server just started can take seconds (its database)
+
+
+def _check_login(uri: str, timeout: float) -> None:
+    """One authenticated read (the experiments the account may see), as every call of a sweep is:
+    a login the server refuses is found here, before any work."""
+    url = uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1"
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=auth_headers()), timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        code = exc.code
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingError(f"tracking: the MLflow server at {uri} did not answer a first request "
+                            f"({getattr(exc, 'reason', exc)}); check the server, or pass --no-mlflow") from None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    given = bool(auth_headers())
+    if code == 401 and given:
+        who = f"user {user!r}" if user and os.environ.get("MLFLOW_TRACKING_PASSWORD") else "MLFLOW_TRACKING_TOKEN"
+        raise TrackingError(f"tracking: the MLflow server at {uri} refused the login of {who} (HTTP 401: wrong "
+                            f"user name or password); set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                            f"to an account of that server (its admin creates one), or pass --no-mlflow")
+    if code == 401:
+        raise TrackingError(f"tracking: the MLflow server at {uri} asks for a login (HTTP 401); set "
+                            f"MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD in the environment (never in "
+                            f"the URI), or pass --no-mlflow")
+    if code == 403:
+        raise TrackingError(f"tracking: the MLflow server at {uri} does not let {user or 'this login'!r} read "
+                            f"experiments (HTTP 403); ask its admin for READ permission, or pass --no-mlflow")
+    raise TrackingError(f"tracking: the MLflow server at {uri} answered a first request with HTTP {code}; check "
+                        f"the server's log, or pass --no-mlflow")
 
 
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
-    """Fail fast, before any training or any file written, on a malformed URI or when nobody answers."""
+    """Fail fast, before any training or any file written, on a malformed URI, when nobody answers,
+    and when the server refuses the login in the environment (:func:`auth_headers`)."""
     check_uri(uri)
     if uri.startswith(("http://", "https://")):
         try:
@@ -80,6 +135,7 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
                 f"tracking: no MLflow server answers at {uri} ({getattr(exc, 'reason', exc)}); start one with "
                 f"`mlflow server --host 127.0.0.1 --port PORT --backend-store-uri sqlite:///mlflow.db`, or pass "
                 f"--no-mlflow to write Parquet only and `python -m pipeline sync` later") from None
+        _check_login(uri, LOGIN_TIMEOUT_S)
     elif uri.startswith("sqlite:///"):
         parent = Path(uri.removeprefix("sqlite:///")).parent
         while not parent.exists():
@@ -137,6 +193,42 @@ def child_times(rec: dict, span: tuple[float, float] | None = None) -> tuple[int
     return int(start * 1000), int(end * 1000)
 
 
+CURVE_DECADES = 3  # the sampled points span this many decades of flow time before a run's end
+
+
+def curve_rows(t: list[float], rows: list[int], points: int | None) -> list[int]:
+    """Which checkpoints of a run's curve go to MLflow: of ``rows`` (indices into the curves, with
+    flow times ``t[i]``), every one when ``points`` is None, else at most ``points``: the first
+    (t = 0), the last, and for each of ``points - 1`` flow times log-spaced over the run's last
+    :data:`CURVE_DECADES` decades (from its first positive checkpoint if that is later; ends
+    included), the row nearest to it in log t. The early decay and the late approach to the floor
+    or the bound both show, on the UI's linear "Relative time" axis too. Returned in step order."""
+    rows = sorted(rows, key=lambda i: t[i])  # flow time grows with the step
+    if points is None or len(rows) <= points:
+        return rows
+    positive = [i for i in rows if t[i] > 0 and math.isfinite(t[i])]
+    chosen = {rows[0], rows[-1]}
+    if len(positive) > 1 and points > 2:
+        logs = [math.log(t[i]) for i in positive]
+        hi = logs[-1]
+        lo, gaps = max(logs[0], hi - CURVE_DECADES * math.log(10)), points - 2
+        for j in range(gaps + 1):
+            target = lo + (hi - lo) * j / gaps
+            chosen.add(positive[min(range(len(logs)), key=lambda q: (abs(logs[q] - target), q))])
+    return [i for i in rows if i in chosen]
+
+
+def curves_csv(curves: dict[str, list], rows: list[int]) -> str:
+    """A run's full curves (every checkpoint, every column but run_id) as CSV, for ``curve_artifact``."""
+    cols = [c for c in curves if c != "run_id"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(cols)
+    for i in rows:
+        w.writerow([repr(v) if isinstance(v, float) else v for v in (curves[c][i] for c in cols)])
+    return buf.getvalue()
+
+
 def child_metrics(rec: dict, curves: dict[str, list], rows: list[int], start_ms: int, end_ms: int) -> list[tuple]:
     """(key, value, timestamp, step) of the run's summary (at its end) and its checkpoint curves.
 
@@ -163,7 +255,8 @@ class Tracker:
     """:meth:`log` adds one child per training run under a parent run for this invocation; the
     parent is made only when there is something to log, so a rerun with nothing to do adds none."""
 
-    def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict):
+    def __init__(self, uri: str, experiment: str, sweep: str, git_commit: str, params: dict,
+                 curve_points: int | None = CURVE_POINTS, curve_artifact: bool = False):
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # else two lines per run
         # MLflow takes a second or more to import: only where it is used (here, in _batch and in
@@ -187,6 +280,8 @@ class Tracker:
         self.sweep, self.git_commit = sweep, git_commit
         self.kind = str(params.get("kind", "run"))
         self.params = params
+        # how much of each curve goes to MLflow (config.Tracking's settings; None: every checkpoint)
+        self.curve_points, self.curve_artifact = curve_points, curve_artifact
         self.parent_id: str | None = None  # made by parent() when the first child is logged
         self.parent_tags: dict = {}  # more tags for the parent (the driver's liveness record, logqueue.Guard)
         self._parent_lock = threading.Lock()  # log() may run in several threads (logqueue.LoggingThread)
@@ -270,9 +365,13 @@ class Tracker:
             # when the child was logged (its start and end are the training's): de-duplication
             # between drivers (logqueue.Guard) orders children by it; a child counts once terminated
             now_ms = int(time.time() * 1000)
-            metrics = [*child_metrics(rec, curves, by_run.get(rec["run_id"], []), start, end),
-                       ("logged_at", float(now_ms), now_ms, 0)]
+            rows = by_run.get(rec["run_id"], [])
+            sent = curve_rows(curves["t"], rows, self.curve_points)
+            metrics = [*child_metrics(rec, curves, sent, start, end), ("logged_at", float(now_ms), now_ms, 0)]
             self._batch(child.info.run_id, metrics=metrics, params={f: rec[f] for f in PARAM_FIELDS})
+            if self.curve_artifact:  # before the termination: a terminated child is whole
+                every = sorted(rows, key=lambda i: curves["step"][i])
+                self.client.log_text(child.info.run_id, curves_csv(curves, every), "curves.csv")
             self.client.set_terminated(child.info.run_id, "FINISHED" if rec["status"] != "diverged" else "FAILED",
                                        end_time=end)
             self.logged.add(rec["run_id"])

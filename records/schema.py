@@ -76,13 +76,18 @@ PROVENANCE_COLUMNS: dict[str, type] = dict(device=str, wall_time=float, task_wal
 RUN_COLUMNS: dict[str, type] = {**IDENTITY_COLUMNS, **CELL_COLUMNS, **TRAINING_COLUMNS, **SUMMARY_FIELDS,
                                 **INSTANCE_COLUMNS, **PROVENANCE_COLUMNS}
 CURVE_COLUMNS: dict[str, type] = {"run_id": str, **{f: t for f, t in CURVE_FIELDS.items() if f != "replica"}}
-# One row per searched cell (``python -m pipeline search``).
+# One row per searched (cell, training settings) (``python -m pipeline search``): the cell without its
+# width and seed, every training setting, and the search's answer.
+SEARCH_COLUMNS: dict[str, type] = dict(
+    criterion=str, eps=float, target_rate=float, m_star=float, censored=str, m_lo=float, m_hi=float, widths=str,
+    rates=str, runs_used=int, runs_trained=int, confirmed=bool, escalated=str, note=str, wall_time=float)
+# A setting whose name the search's answer uses (``eps``: there the search's tolerance eps') is written
+# ``train_<name>``. Setting name -> its column in the thresholds table.
+THRESHOLD_SETTING_COLUMNS: dict[str, str] = {f: f"train_{f}" if f in SEARCH_COLUMNS else f for f in TRAINING_COLUMNS}
 THRESHOLD_COLUMNS: dict[str, type] = {
     **{f: t for f, t in CELL_COLUMNS.items() if f not in ("m", "seed")},
-    **{f: TRAINING_COLUMNS[f] for f in ("mode", "t_max", "step_factor", "dtype")},
-    **dict(criterion=str, eps=float, target_rate=float, m_star=float, censored=str, m_lo=float, m_hi=float,
-           widths=str, rates=str, runs_used=int, runs_trained=int, confirmed=bool, escalated=str, note=str,
-           wall_time=float),
+    **{THRESHOLD_SETTING_COLUMNS[f]: t for f, t in TRAINING_COLUMNS.items()},
+    **SEARCH_COLUMNS,
 }
 
 

@@ -200,6 +200,29 @@ if numba is not None:
                     x &= x - np.uint32(1)
 
     @numba.njit(cache=True, boundscheck=False)
+    def _flip_gradient(before, after, a, W, dG, seen):  # pragma: no cover - compiled
+        """``dG[r, i] = sum over the bits (row, i) of replica r that flipped of +-a_row W[row]`` (+ when
+        the bit turned on): ``(A_after - A_before)^T W``, from the words, in a fixed order; the flipped
+        bits are or-ed into ``seen``."""
+        R, n, D = dG.shape
+        m = a.shape[0] // R
+        for r in range(R):
+            for i in range(n):
+                for c in range(D):
+                    dG[r, i, c] = 0.0
+            for w in range(before.shape[1]):
+                x = before[r, w] ^ after[r, w]
+                seen[r, w] |= x
+                while x:
+                    b = _lowest_bit(x)
+                    x &= x - np.uint32(1)
+                    e = 32 * w + b
+                    row, i = r * m + e // n, e % n
+                    s = a[row] if (after[r, w] >> b) & 1 else -a[row]
+                    for c in range(D):
+                        dG[r, i, c] += s * W[row, c]
+
+    @numba.njit(cache=True, boundscheck=False)
     def _words_differ(x, y):  # pragma: no cover - compiled
         counts = np.empty(x.shape[0], np.int64)
         for r in range(x.shape[0]):
@@ -250,7 +273,8 @@ class FusedPattern:
     in the thread that trains, so a step's Python overhead is a few microseconds."""
 
     def __init__(self, buffers: tuple[torch.Tensor, ...], a_Rm: torch.Tensor, words: torch.Tensor,
-                 counts_R: torch.Tensor, snapshot_words: torch.Tensor | None = None, dA: torch.Tensor | None = None):
+                 counts_R: torch.Tensor, snapshot_words: torch.Tensor | None = None, dA: torch.Tensor | None = None,
+                 W: torch.Tensor | None = None, dG: torch.Tensor | None = None, seen: torch.Tensor | None = None):
         self.views = {id(b): _as_rows(b, "a pattern buffer") for b in buffers}
         self.a, self.counts = _as_rows(a_Rm, "a").reshape(-1), _as_rows(counts_R, "the counter")
         self.words = _as_rows(words, "the words").view(np.uint32)
@@ -261,13 +285,24 @@ class FusedPattern:
             self.dA, self.n = _as_rows(dA, "dA").reshape(-1), dA.shape[2]
             # the words of the pattern each interval's last step started from; the changed bits
             self.used, self.changed = self.words.copy(), np.zeros_like(self.words)
+        self.dG = None
+        if dG is not None:  # the change of grad_x f that each update makes, from the bits that flipped
+            self.W_rows, self.dG = _as_rows(W, "W"), dG.numpy()
+            if not dG.is_contiguous():
+                raise ValueError("sobolev.fused: dG must be contiguous")
+            self.before = self.words.copy()
+            self.seen = _as_rows(seen, "the seen words").view(np.uint32)  # the bits flipped since the last row
 
     def __call__(self, z: torch.Tensor, keep: bool = False) -> None:
         """``z <- a_r 1{z > 0}`` in place; the counter += bits that differ from ``words``, which
         become those of ``z``; ``keep``: the words before are kept for ``net_change``."""
         if keep:
             np.copyto(self.used, self.words)
+        if self.dG is not None:
+            np.copyto(self.before, self.words)
         _pattern_counted(self.views[id(z)], self.words, self.a, self.counts, self.block_chunks)
+        if self.dG is not None:
+            _flip_gradient(self.before, self.words, self.a, self.W_rows, self.dG, self.seen)
 
     def uncounted(self, z: torch.Tensor) -> None:
         """``z <- a_r 1{z > 0}`` in place, for one of the bound buffers, with no count and the
@@ -283,6 +318,12 @@ class FusedPattern:
     def clear(self) -> None:
         """``dA`` back to zero."""
         _clear_changed(self.changed, self.dA, self.m, self.n)
+
+    def distinct(self, rows: "np.ndarray") -> "np.ndarray":
+        """The bits of ``rows`` that flipped since their last call (int64), which clears them."""
+        counts = _words_differ(self.seen[rows], np.zeros_like(self.seen[rows]))
+        self.seen[rows] = 0
+        return counts
 
     def differ(self, other_words: torch.Tensor) -> "np.ndarray":
         """The bits at which the current pattern differs from ``other_words``, per replica."""
@@ -318,28 +359,33 @@ class FusedReluPatterns(ReluPatterns):
         # the bits of the current pattern, of the last check's and of t = 0, 32 to a word
         self.words = pattern_words(Aa0)
         self.snapshot_words, self.start_words = self.words.clone(), self.words.clone()
+        self.seen_words = torch.zeros_like(self.words)  # the bits that flipped since the last checkpoint row
         self.dA = torch.zeros_like(Aa0)  # the net change of a check; zero between checks
 
     def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
         super().bind(W, a)
         self.kernel = FusedPattern((self.current, self.spare), a, self.words, self.flips_gross,
-                                   self.snapshot_words, self.dA)
+                                   self.snapshot_words, self.dA, W, self.dG, self.seen_words)
 
     def _update(self, previous: torch.Tensor, new: torch.Tensor, keep: bool) -> None:
         self.kernel(new, keep)
 
-    def net_since_check(self, W, res):
+    def net_since_check(self, W):
         # from the words: dA is non-zero at the few changed bits only
         flips = self.kernel.net_change()
-        jump, inject = self._jump(self.dA, W, res)
+        jump = self._jump(self.dA, W)
         self.kernel.clear()
-        return flips, jump.cpu().numpy(), inject.cpu().numpy()
+        return flips, jump.cpu().numpy()
 
     def flipped_from_start(self, start, a):
         return torch.from_numpy(self.kernel.differ(self.start_words)).double()
 
+    def distinct_since_row(self, rows):
+        return self.kernel.distinct(np.asarray(rows))
+
     def drop(self, holes, movers, n_keep) -> None:
-        move_rows(self, holes, movers, n_keep, ("current", "flips_gross", "words", "snapshot_words", "start_words"))
+        move_rows(self, holes, movers, n_keep,
+                  ("current", "flips_gross", "words", "snapshot_words", "start_words", "dG", "seen_words"))
         self.dA = self.dA[:n_keep]
         self.spare = self.spare[:n_keep]
 

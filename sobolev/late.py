@@ -13,15 +13,19 @@ any tolerance, at a rate of at least ``lambda_*``. So, per replica, from the per
   ``2^(j/16) / lambda_*`` (j an integer) at or before ``t(s_end)/2``;
 - ``trend``: ``converged`` (stopped at its training ``eps``), ``diverged``, else ``converging``
   when ``late_rate >= CONVERGING_RATE`` and ``plateau`` below;
-- the flips' injection: each check, what the net pattern change of its interval put into
-  ``||r||^2``, to first order, ``2 <res, J> - ||J||^2`` (``res = f - y, F - h`` at the check's last
-  step, ``J`` the jump of ``(f, F)`` that the pattern change makes at the weights after it; see
-  ``sobolev.patterns.ReluPatterns.net_since_check``), relative to ``||r(0)||^2``: its total
-  (``jump_energy_total``), its share of what the flow removed (``jump_share``: injection over
-  injection plus the net fall of the relative loss) and its rate over the late window
+- the flips' injection: at every step, what the pattern update of the step before put into
+  ``||r||^2``, exactly: ``||r(W, A_new)||^2 - ||r(W, A_old)||^2 = 2 <res, J> - ||J||^2`` at the weights
+  ``W`` it was made at (``res = (f - y, F - h)`` under the new pattern, ``J_i = (x_i, V_i)^T dG_i`` the move
+  of ``(f_i, F_i)``, ``dG = (A_new - A_old)^T W``; ``sobolev.step.Workspace``), so that every step's change
+  of the loss splits into the flow's part (the pattern fixed) and the flips' part. Relative to
+  ``||r(0)||^2``: its total (``jump_energy_total``), its share of what the flow removed (``jump_share``:
+  injection over injection plus the net fall of the relative loss) and its rate over the late window
   (``jump_rate_late``: injection over the integral of the relative loss over ``[t(s_tau), t(s_end)]``,
-  in units of ``lambda_*``). The flow removes ``||r||^2`` at about ``2 lambda_min(H) ||r||^2``, so a
-  run sits on a plateau where ``jump_rate_late`` catches up with ``2 lambda_min(H)/lambda_*``.
+  in units of ``lambda_*``; a check's injection is binned at the check's end), and what the flow removed
+  over the same window at the same scale (``flow_rate_late``: injection less the change of the relative
+  loss, over the same integral). The flow removes ``||r||^2`` at ``2 r^T H r / ||r||^2 >= 2 lambda_min(H)``
+  per unit of ``||r||^2``, so ``late_rate`` is about ``flow_rate_late - jump_rate_late``: a run sits on a
+  plateau where the flips put back what the flow removes.
 
 The ladder is what makes these exact without keeping every step: per bin of flow time (16 a
 doubling, from ``2^-8`` to ``2^16`` in units of ``1/lambda_*``) the first step in it (its time and
@@ -150,8 +154,8 @@ def summarise(late: LateState, status: np.ndarray, lambda_star: float) -> dict[s
 
     Returns:
         (R,) arrays: ``t_to_<eps'>`` for each of :data:`TOLERANCES`, ``late_rate``, ``trend``,
-        ``jump_energy_total``, ``jump_share``, ``jump_rate_late``, and ``late_start``, the flow time
-        ``t(s_tau)`` where the late window starts.
+        ``jump_energy_total``, ``jump_share``, ``jump_rate_late``, ``flow_rate_late``, and ``late_start``,
+        the flow time ``t(s_tau)`` where the late window starts.
     """
     R = len(status)
     t_end, rel_end = late.last_t, late.last_rel
@@ -164,10 +168,12 @@ def summarise(late: LateState, status: np.ndarray, lambda_star: float) -> dict[s
     window = np.arange(BINS)[None] >= start[:, None]
     with np.errstate(divide="ignore", invalid="ignore"):
         late_rate = np.where(t_end > t_s, np.log(rel_s / rel_end) / ((t_end - t_s) * lambda_star), np.nan)
-        jump_rate = (late.inject * window).sum(1) / (late.rel_dt * window).sum(1) / lambda_star
+        integral = (late.rel_dt * window).sum(1) * lambda_star
+        jump_rate = (late.inject * window).sum(1) / integral
+        flow_rate = ((late.inject * window).sum(1) - (rel_end - rel_s)) / integral
         share = late.inject_total / (late.inject_total + np.maximum(1 - rel_end, 0.0))
     trend = np.where(status == "converged", "converged", np.where(
         status == "diverged", "diverged", np.where(late_rate >= CONVERGING_RATE, "converging", "plateau")))
     out = {t_to_field(eps): late.t_to[:, i] for i, eps in enumerate(TOLERANCES)}
     return dict(out, late_rate=late_rate, trend=trend, jump_energy_total=late.inject_total, jump_share=share,
-                jump_rate_late=jump_rate, late_start=t_s)
+                jump_rate_late=jump_rate, flow_rate_late=flow_rate, late_start=t_s)

@@ -174,8 +174,9 @@ class _Run:
         host.t = host.t + n_live * host.eta
         own_steps = step + n_live
         self.step = step = step + n_steps
-        flips_net, jumps, inject = self.pattern.net_since_check(self.loop.W, self.ws.last_res)
-        self.late.record_injection(inject / host.r0_sq, host.t, self.lam_star)
+        flips_net, jumps = self.pattern.net_since_check(self.loop.W)
+        self.late.record_injection(self.ws.flip_energy.cpu().numpy() / host.r0_sq, host.t, self.lam_star)
+        self.ws.flip_energy.zero_()
         host.flips_net += flips_net
         host.flips_net_total += flips_net
         host.jumps += jumps
@@ -270,7 +271,8 @@ class _Run:
             rel_loss_interval_min=np.minimum(host.interval_min[sel], rel_or_inf), bound=bound,
             bound_held=r_sq <= bound * (1 + self.tolerance), flips_gross=gross - host.flips_gross_at_row[sel],
             flips_net=host.flips_net[sel].copy(), jump_norm=host.jumps[sel].copy(),
-            flip_fraction=row["flip_fraction"] / (m * n), jump_energy=self.late.take_row(sel))
+            flip_fraction=row["flip_fraction"] / (m * n), jump_energy=self.late.take_row(sel),
+            flips_distinct=self.pattern.distinct_since_row(sel))
         row.update(value_rel_interval_max=np.maximum(host.value_interval_max[sel], row["value_rel"]),
                    deriv_rel_interval_max=np.maximum(host.deriv_interval_max[sel], row["deriv_rel"]))
         host.interval_max[sel], host.interval_min[sel] = -np.inf, np.inf

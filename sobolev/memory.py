@@ -37,7 +37,7 @@ from .settings import MODES, TrainConfig
 
 
 def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode: str,
-            check_every: int) -> list[tuple[int, int]]:
+            check_every: int, eager: bool) -> list[tuple[int, int]]:
     """``(bytes per replica, bytes per task)`` at each candidate peak: the start, the run."""
     if mode not in MODES:
         raise ValueError(f"memory: mode={mode!r}: expected one of {MODES}")
@@ -53,6 +53,9 @@ def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode
     # held once H(0) is decomposed: W0, out_W (and the spare and snapshot patterns with the
     # byte per entry of the flip counts), Q0, lam0, c0, flags and counters
     late = s * (2 * m * D + N * N + 2 * N + 4) + (2 * s * m * n + m * n if relu else 0) + 8 * 4
+    # the flips' injection: the change of the input gradients, the move of (f, F) and its half-difference;
+    # the eager relu rule (off the CPU) also holds the signed change of a step and the bits flipped since a row
+    late += s * (n * D + 2 * N) + 8 + (s * m * n + m * n if relu and eager else 0)
     data = s * 4 * n * D * (c + 1)  # X, V, their stacked copies, targets
     start = (inputs + early + 16 * N * N, data + 16 * N * N)
     run = (inputs + early + late + max(16 * N * N, s * m * (D + 1)), data)
@@ -60,7 +63,8 @@ def _phases(n: int, d: int, k: int, m: int, dtype: torch.dtype, bias: bool, mode
 
 
 def bytes_per_replica(n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
-                      bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
+                      bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every,
+                      eager: bool = False) -> int:
     """The bytes one more replica adds to the peak of a task (of more than a few replicas).
 
     Args:
@@ -68,38 +72,42 @@ def bytes_per_replica(n: int, d: int, k: int, m: int, dtype: torch.dtype = torch
         dtype: the working dtype.
         bias, mode, check_every: the network variant and the training settings that change
             what is allocated.
+        eager: the eager relu rule runs (off the CPU, or without numba), which holds two more
+            buffers of the pattern's size than the CPU's fused rule.
 
     Returns:
         Bytes per replica.
     """
-    return max(per for per, _ in _phases(n, d, k, m, dtype, bias, mode, check_every))
+    return max(per for per, _ in _phases(n, d, k, m, dtype, bias, mode, check_every, eager))
 
 
 def task_bytes(R: int, n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
-               bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
+               bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every,
+               eager: bool = False) -> int:
     """Peak bytes of a task training ``R`` replicas of the cell ``(n, d, k, m)``.
 
     Args:
         R: replicas trained together.
-        n, d, k, m, dtype, bias, mode, check_every: as for :func:`bytes_per_replica`.
+        n, d, k, m, dtype, bias, mode, check_every, eager: as for :func:`bytes_per_replica`.
 
     Returns:
         Bytes at the task's peak (the start or the run, whichever is larger).
     """
-    return max(R * per + fixed for per, fixed in _phases(n, d, k, m, dtype, bias, mode, check_every))
+    return max(R * per + fixed for per, fixed in _phases(n, d, k, m, dtype, bias, mode, check_every, eager))
 
 
 def replicas_that_fit(budget_bytes: int, n: int, d: int, k: int, m: int, dtype: torch.dtype = torch.float32, *,
-                      bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every) -> int:
+                      bias: bool = False, mode: str = "relu", check_every: int = TrainConfig().check_every,
+               eager: bool = False) -> int:
     """The most replicas of the cell ``(n, d, k, m)`` one task can train within a memory budget.
 
     Args:
         budget_bytes: the task's share of the device's memory.
-        n, d, k, m, dtype, bias, mode, check_every: as for :func:`bytes_per_replica`.
+        n, d, k, m, dtype, bias, mode, check_every, eager: as for :func:`bytes_per_replica`.
 
     Returns:
         The largest ``R`` with ``task_bytes(R, ...) <= budget_bytes`` (0 when not even one
         replica fits).
     """
-    phases = _phases(n, d, k, m, dtype, bias, mode, check_every)
+    phases = _phases(n, d, k, m, dtype, bias, mode, check_every, eager)
     return max(0, min(int((budget_bytes - fixed) // per) for per, fixed in phases))

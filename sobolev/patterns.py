@@ -42,6 +42,9 @@ class PatternRule:
     and a value of ``Mode``."""
 
     moves = True  # the pattern (hence H(t)) changes with the weights
+    # (Ra, n, D): what the last update of the pattern changed grad_x f(x_i) by, at the weights it was
+    # made at, (A_new - A_old)^T W; the step reads it to measure what the flips put into ||r||^2
+    dG: torch.Tensor
     current: torch.Tensor
     current_T: torch.Tensor
     flips_gross: torch.Tensor  # (Ra,) float64 (exact integers), cumulative
@@ -55,24 +58,19 @@ class PatternRule:
         """After a weight update; ``keep``: the previous pattern is still needed (a check follows)."""
         raise NotImplementedError
 
-    def net_since_check(self, W: torch.Tensor, res: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The net flips of a check interval and what they did to the residual; the pattern becomes
-        the snapshot.
-
-        Args:
-            W: (R, m, D) the weights after the interval's last step.
-            res: (n, k+1, R) the residual ``(f - y, F - h)`` of the interval's last step.
-
-        Returns:
-            Per replica (R,): the bits that differ from the last check's pattern (int64); the jump
-            they put into the derivative residual, ``||V^T (A_now - A_then)^T W||``; and the energy
-            they put into ``||r||^2`` to first order, ``2 <res, J> - ||J||^2``, with ``J`` the jump of
-            ``(f, F)``, ``(x_i^T dG_i, V_i^T dG_i)``, ``dG = (A_now - A_then)^T W`` (float64).
-        """
+    def net_since_check(self, W: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """Bits that differ from the last check's pattern, and the jump they put into the
+        derivative residual ``||V^T (A_now - A_then)^T W||``; the pattern becomes the snapshot."""
         raise NotImplementedError
 
     def flipped_from_start(self, start: StartState, a: torch.Tensor) -> torch.Tensor:
         """Bits (R,) float64 that differ from the pattern of t = 0."""
+        raise NotImplementedError
+
+    def distinct_since_row(self, rows: np.ndarray) -> np.ndarray:
+        """For the active rows ``rows``: the pattern bits (neuron, point) that flipped at least once
+        since the rows' last call (int64), which starts their count again. Against the gross count of
+        the same steps, it tells many bits flipping once from a few flipping back and forth."""
         raise NotImplementedError
 
     def drop(self, holes, movers, n_keep) -> None:
@@ -91,19 +89,23 @@ class FrozenPatterns(PatternRule):
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
         self.current, self.current_T = Aa0, Aa0.transpose(1, 2)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
+        self.dG = W.new_zeros(W.shape[0], Aa0.shape[2], W.shape[2])  # nothing flips
 
     def advance(self, keep: bool = False) -> None:
         pass
 
-    def net_since_check(self, W, res):
+    def net_since_check(self, W):
         zeros = np.zeros(len(self.current))
-        return zeros.astype(np.int64), zeros, zeros
+        return zeros.astype(np.int64), zeros
 
     def flipped_from_start(self, start, a):
         return torch.zeros(len(self.current), dtype=torch.float64, device=self.current.device)
 
+    def distinct_since_row(self, rows):
+        return np.zeros(len(rows), dtype=np.int64)
+
     def drop(self, holes, movers, n_keep) -> None:
-        move_rows(self, holes, movers, n_keep, ("current", "flips_gross"))
+        move_rows(self, holes, movers, n_keep, ("current", "flips_gross", "dG"))
         self.current_T = self.current.transpose(1, 2)
 
 
@@ -123,8 +125,9 @@ class ReluPatterns(PatternRule):
     ``drop``)."""
 
     def __init__(self, W: torch.Tensor, a: torch.Tensor, Aa0: torch.Tensor, data: Data):
-        self.XT, self.X, self.V_rows = data.XT, data.X, data.XVT[:, 1:].contiguous()
+        self.XT, self.V_rows = data.XT, data.XVT[:, 1:].contiguous()
         self.current, self.spare = Aa0, torch.empty_like(Aa0)
+        self.dG = W.new_zeros(W.shape[0], Aa0.shape[2], W.shape[2])
         self._start_counts(Aa0)
         self.flips_gross = torch.zeros(len(Aa0), dtype=torch.float64, device=Aa0.device)
         self.bind(W, a)
@@ -138,10 +141,12 @@ class ReluPatterns(PatternRule):
         self.in_place = Aa0.dtype == torch.float64 or m * n <= 2**24
         self.step_flips = torch.zeros(R, dtype=Aa0.dtype, device=Aa0.device)
         self.step_flips_kept = torch.zeros(R, dtype=torch.int64, device=Aa0.device)
+        self.diff = torch.empty_like(Aa0)  # the signed change of the pattern at a step
+        self.seen = torch.zeros(Aa0.shape, dtype=torch.bool, device=Aa0.device)  # bits flipped since the row
 
     def bind(self, W: torch.Tensor, a: torch.Tensor) -> None:
         # views made once, not per step: the pattern GEMM over all replicas' rows
-        self.W2, self.a3 = W.view(-1, W.shape[2]), a[..., None]
+        self.W, self.W2, self.a3 = W, W.view(-1, W.shape[2]), a[..., None]
         self.current_T = self.current.transpose(1, 2)
 
     def advance(self, keep: bool = False) -> None:
@@ -155,6 +160,8 @@ class ReluPatterns(PatternRule):
         """``new``: pre-activations (R, m, n) in, the signed pattern out; ``flips_gross`` += the
         bits that differ from ``previous``, which the eager route may overwrite unless ``keep``."""
         new.gt_(0).mul_(self.a3)  # a_r != 0: the signed patterns differ exactly where the bits do
+        torch.bmm(torch.sub(new, previous, out=self.diff).transpose(1, 2), self.W, out=self.dG)
+        self.seen.logical_or_(self.diff != 0)
         if keep or not self.in_place:
             torch.sum(torch.ne(previous, new, out=self.changed), (1, 2), out=self.step_flips_kept)
             self.flips_gross.add_(self.step_flips_kept)
@@ -162,33 +169,34 @@ class ReluPatterns(PatternRule):
             torch.sum(previous.ne_(new), (1, 2), out=self.step_flips)
             self.flips_gross.add_(self.step_flips)
 
-    def _jump(self, dA: torch.Tensor, W: torch.Tensor, res: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``||V^T dA^T W||`` and the injection ``2 <res, J> - ||J||^2`` per replica (R,) float64, for
-        the patterns' change ``dA`` (R, m, n) and the residual ``res`` (n, k+1, R)."""
+    def _jump(self, dA: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+        """``||V^T dA^T W||`` per replica (R,) float64, for the patterns' change ``dA`` (R, m, n)."""
         dG = dA.transpose(1, 2) @ W  # (R, n, D)
-        dF = torch.bmm(self.V_rows, dG.permute(1, 2, 0))  # (n, k, R): V_i^T dG_i
-        norm = dF.double().pow(2).sum((0, 1)).sqrt()
-        df = (dG * self.X).sum(-1).T  # (n, R): x_i^T dG_i; small, as flipped neurons have w_r^T x_i near 0
-        J = torch.cat([df[:, None, :], dF], dim=1).double()
-        return norm, 2 * (res.double() * J).sum((0, 1)) - J.pow(2).sum((0, 1))
+        return torch.bmm(self.V_rows, dG.permute(1, 2, 0)).double().pow(2).sum((0, 1)).sqrt()  # V_i^T dG_i
 
-    def net_since_check(self, W, res):
+    def net_since_check(self, W):
         # the net count compares the pattern of the interval's last step start, P(W_{s-1}),
         # with the previous check's: kept as it was recorded (the trajectory fixture)
         last_used = self.spare
         dA = torch.sub(last_used, self.snapshot, out=self.snapshot)
-        jump, inject = self._jump(dA, W, res)
+        jump = self._jump(dA, W)
         flips = torch.ne(dA, 0, out=dA).sum(1).double().sum(1).cpu().numpy().astype(np.int64)  # <= m a point
         self.snapshot, self.spare = last_used, dA
-        return flips, jump.cpu().numpy(), inject.cpu().numpy()
+        return flips, jump.cpu().numpy()
 
     def flipped_from_start(self, start, a):
         Aa0 = signed_pattern(start.W0, a, self.XT, self.spare)  # the spare is free between steps
         return torch.ne(self.current, Aa0, out=Aa0).sum(1).double().sum(1)  # counts <= m per point: exact
 
+    def distinct_since_row(self, rows):
+        ix = torch.as_tensor(rows, dtype=torch.long, device=self.seen.device)
+        counts = self.seen[ix].sum((1, 2)).cpu().numpy().astype(np.int64)
+        self.seen[ix] = False
+        return counts
+
     def drop(self, holes, movers, n_keep) -> None:
-        move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross"))
-        self.changed = self.changed[:n_keep]
+        move_rows(self, holes, movers, n_keep, ("current", "snapshot", "flips_gross", "dG", "seen"))
+        self.changed, self.diff = self.changed[:n_keep], self.diff[:n_keep]
         self.step_flips, self.step_flips_kept = self.step_flips[:n_keep], self.step_flips_kept[:n_keep]
         self.spare = self.spare[:n_keep]
 

@@ -31,7 +31,7 @@ SUMMARY_FIELDS: dict[str, type] = {
     # the last doubling of flow time and the trend it gives, the spectral drift, the flips' injection
     **{t_to_field(eps): float for eps in TOLERANCES},
     "late_rate": float, "trend": str, "lambda_min_late": float, "max_H_drift_2": float,
-    "jump_energy_total": float, "jump_share": float, "jump_rate_late": float,
+    "jump_energy_total": float, "jump_share": float, "jump_rate_late": float, "flow_rate_late": float,
 }
 CURVE_FIELDS: dict[str, type] = {
     "replica": int, "step": int, "t": float, "eta": float, "loss": float, "rel_loss": float,
@@ -39,7 +39,8 @@ CURVE_FIELDS: dict[str, type] = {
     "value_rel": float, "deriv_rel": float, "value_rel_interval_max": float, "deriv_rel_interval_max": float,
     "lambda_min": float, "lambda_max": float, "H_drift": float,
     "max_weight_move": float, "flip_fraction": float, "bound": float, "bound_held": bool, "lin_dist": float,
-    "flips_gross": int, "flips_net": int, "jump_norm": float, "H_drift_2": float, "jump_energy": float,
+    "flips_gross": int, "flips_net": int, "flips_distinct": int, "jump_norm": float, "H_drift_2": float,
+    "jump_energy": float,
 }
 NUMPY_TYPE = {int: np.int64, float: np.float64, bool: np.bool_, str: str}
 

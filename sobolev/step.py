@@ -31,7 +31,6 @@ class Workspace:
         self.Ra, self.data = Ra, data
         self.G = torch.empty(Ra, n, D, dtype=dtype, device=device)
         self.res = torch.empty(n, k1, Ra, dtype=dtype, device=device)
-        self.last_res = torch.zeros(n, k1, Ra, dtype=dtype, device=device)  # res of a call's last step
         self.zero = torch.zeros((), dtype=dtype, device=device)
         self.u = torch.empty(n, Ra, D, dtype=dtype, device=device)
         self.eta_live = torch.empty(Ra, dtype=dtype, device=device)
@@ -43,6 +42,11 @@ class Workspace:
         self.half_sq = torch.empty(0, n, k1, Ra, dtype=dtype, device=device)
         self.parts = torch.empty(2, 0, Ra, dtype=dtype, device=device)
         self.parts_per_step = device.type != "cpu"
+        # what the flips put into ||r||^2, summed over the steps of a call (float64, zeroed by the loop)
+        self.J = torch.empty(n, k1, Ra, dtype=dtype, device=device)
+        self.half = torch.empty(n, k1, Ra, dtype=dtype, device=device)
+        self.step_energy = torch.empty(Ra, dtype=dtype, device=device)
+        self.flip_energy = torch.zeros(Ra, dtype=torch.float64, device=device)
 
     def run(self, state: LoopState, pattern: PatternRule, eta: torch.Tensor, n_steps: int) -> torch.Tensor:
         """``n_steps`` gradient steps of the live replicas, in place on ``state.W``.
@@ -59,8 +63,7 @@ class Workspace:
 
         Returns:
             The losses (Ra, n_steps) at the weights each step started from. Their parts
-            ``1/2 ||e||^2`` and ``1/2 ||S||^2`` are then in ``parts[:, :n_steps]`` (2, n_steps, Ra),
-            and the last step's residual ``(f - y, F - h)`` in ``last_res`` (n, k+1, Ra).
+            ``1/2 ||e||^2`` and ``1/2 ||S||^2`` are then in ``parts[:, :n_steps]`` (2, n_steps, Ra).
         """
         if self.losses.shape[0] < n_steps:
             dtype, device = self.G.dtype, self.G.device
@@ -73,18 +76,19 @@ class Workspace:
         G, res, u, half_sq, eta_live, losses = self.G, self.res, self.u, self.half_sq, self.eta_live, self.losses
         # views made once: the transposes the GEMMs read
         GT, resT, uR = G.permute(1, 2, 0), res.transpose(1, 2), u.transpose(0, 1)
+        dGT = pattern.dG.permute(1, 2, 0) if pattern.moves else None
         for j in range(n_steps):
             torch.bmm(pattern.current_T, W, out=G)  # G_i = grad_x f(x_i)
             torch.bmm(XVT, GT, out=res).sub_(yh)  # (f_i - y_i, F_i - h_i): the gradient's sign
             loss = torch.sum(torch.addcmul(self.zero, res, res, value=0.5, out=half_sq[j]), (0, 1), out=losses[j])
+            if dGT is not None:  # the last pattern update moved (f, F) by J: with the old pattern, res - J
+                self._flip_energy(dGT)
             if self.parts_per_step:
                 torch.sum(half_sq[j, :, 0], 0, out=self.parts[0, j])  # 1/2 ||e||^2
                 torch.sum(half_sq[j, :, 1:], (0, 1), out=self.parts[1, j])  # 1/2 ||S||^2
             # a replica stops on the device at relative loss <= eps or on divergence (NaN fails both tests)
             live.mul_(torch.logical_and(loss > converged_at, loss <= diverged_at))
             applied.add_(live)
-            if j == n_steps - 1:  # the residual the check's flips are measured against
-                self.last_res.copy_(res)
             res.mul_(torch.mul(eta, live, out=eta_live))
             torch.bmm(resT, XVT, out=u)  # u_i = x_i e_i + V_i dF_i, times the replica's step
             W.baddbmm_(pattern.current, uR, alpha=-1)
@@ -93,3 +97,13 @@ class Workspace:
             torch.sum(half_sq[:n_steps, :, 0], 1, out=self.parts[0, :n_steps])
             torch.sum(half_sq[:n_steps, :, 1:], (1, 2), out=self.parts[1, :n_steps])
         return self.losses[:n_steps].T
+
+    def _flip_energy(self, dGT: torch.Tensor) -> None:
+        """Adds to ``flip_energy`` what the last pattern update put into ``||r||^2`` at this step's
+        weights: ``||res||^2 - ||res - J||^2 = 2 <J, res - J/2>``, with ``J_i = (x_i, V_i)^T dG_i`` the
+        move of ``(f_i, F_i)`` and ``dGT`` (n, D, Ra) the change of the input gradients (exact: the
+        residual is linear in the pattern at fixed weights)."""
+        J = torch.bmm(self.data.XVT, dGT, out=self.J)
+        torch.sum(torch.mul(J, torch.sub(self.res, J, alpha=0.5, out=self.half), out=self.half), (0, 1),
+                  out=self.step_energy)
+        self.flip_energy.add_(self.step_energy, alpha=2)

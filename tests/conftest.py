@@ -56,3 +56,22 @@ def pytest_collection_modifyitems(config, items):
 def pytest_report_header(config):
     if not (config.getoption("--all") or config.getoption("markexpr")):
         return "tests marked slow are left out: `-m slow` runs them, `--all` runs everything"
+
+
+@pytest.fixture(scope="session")
+def pg_mlflow(tmp_path_factory):
+    """A real `mlflow server` on a throwaway PostgreSQL cluster, with MLflow's basic-auth app, as
+    deploy/tracking/ runs it (tests/tracking_server.py), and a non-admin account ``sweeper`` made
+    by deploy/tracking/create_account.py: ``.uri``, ``.user``, ``.password``, ``.server``."""
+    import secrets
+    import types
+
+    from tracking_server import postgres_bin, tracking_server
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL's server binaries (initdb, pg_ctl) are not installed: apt-get install postgresql, "
+                    "or set SOBOLEV_PG_BIN to their directory")
+    with tracking_server(tmp_path_factory.mktemp("pg_mlflow"), durable=False) as server:
+        password = secrets.token_urlsafe(16)
+        server.create_user("sweeper", password)
+        yield types.SimpleNamespace(uri=server.uri, user="sweeper", password=password, server=server)

@@ -178,3 +178,23 @@ def test_a_singular_replicate_fails_alone():
     assert list(ok) == [True, False, True]
     np.testing.assert_allclose(x[[0, 2]], [[1.0, 2.0], [2.0, 1.0]])
     np.testing.assert_array_equal(x[1], [0.0, 0.0])
+
+
+def test_the_bootstrap_keeps_each_instance_s_widths_so_its_offset_cannot_leak_into_the_slope():
+    """Planted: a large offset per data instance (tau = 2) and a small scatter per seed (sigma = 0.05),
+    every instance at every width with the same seeds.  With a common intercept, the offsets then leave
+    the slope a_m alone: its sampling sd is the seeds' alone, sigma / sqrt(sum (log m - mean)^2) (the
+    closed form of least squares; no run is censored).  Resampling seeds within instance x width keeps
+    every instance's widths balanced, so the bootstrap sees that; resampling an instance's runs across
+    its widths would let its offset tilt the slope (an sd ~20-50 times larger on this design)."""
+    widths, instances, seeds, sigma = 2 ** np.arange(6, 11), 8, 4, 0.05
+    x = np.log(widths)
+    sd_slope = sigma / np.sqrt(instances * seeds * np.sum((x - x.mean()) ** 2))
+    for rng_seed in (21, 22):
+        runs = planted_floor_runs(law=LAW, ns=(8,), ks=(2,), widths=widths, instances=instances, seeds=seeds,
+                                  tau=2.0, sigma=sigma, rng_seed=rng_seed, train_eps=1e-300)
+        m = fit_floor_law(runs, n_boot=400, seed=rng_seed).set_index("term").loc["m"]
+        assert m["n_censored"] == 0 and m["n_instances"] == instances
+        # two-stage resampling counts the seed scatter about twice: se ~ sqrt(2) sd_slope
+        assert 0.7 * sd_slope < m["se"] < 2.0 * sd_slope, m["se"] / sd_slope
+        assert m["lo"] <= LAW["m"] <= m["hi"] and m["hi"] - m["lo"] < 2 * 1.96 * 3 * sd_slope

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_results_dir_from_any_working_directory(tmp_path):
     code = "from analysis.paths import results_dir; print(results_dir())"
-    for env_value, expected in ((None, ROOT / "results" / "cpu_study"), ("runs/x", ROOT / "runs" / "x"),
+    for env_value, expected in ((None, ROOT / "results" / "widths"), ("runs/x", ROOT / "runs" / "x"),
                                 (str(tmp_path / "abs"), tmp_path / "abs")):
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)}
         if env_value:

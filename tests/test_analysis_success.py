@@ -118,7 +118,7 @@ def test_registry_names_every_criterion_and_refuses_unknown_ones_in_one_line():
         criterion("settle")
     assert "\n" not in str(info.value)
     # a new criterion is one function and one registration, and run_success uses it at once
-    register("never", needs_curves=False)(lambda runs, curves, eps: pd.Series(False, index=runs.index))
+    register("never", columns=("status",))(lambda runs, curves, eps: pd.Series(False, index=runs.index))
     try:
         runs = _runs(status=["budget"], min_rel_loss=[1e-3])
         assert not run_success(runs, eps_grid=[1e-2], criteria=["never"])["success"].any()
@@ -179,3 +179,20 @@ def test_regime_uses_the_per_step_bound_when_recorded():
     assert list(regime_success(broke, curve, 0.1)) == [True]
     never = broke.assign(bound_violation_t=np.inf)
     assert list(regime_success(never, curve, 1e-3)) == [True]
+
+
+@pytest.mark.parametrize("name", ["interpolation", "settled", "settled_both", "regime"])
+def test_a_criterion_judges_from_the_columns_it_declares(name):
+    """What a criterion declares is what the loaders read for it: its judge needs nothing else."""
+    from analysis.success import criterion
+    from tests.analysis_synth import floor_curves, planted_floor_runs
+
+    runs = planted_floor_runs(law={"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}, ns=(4, 8), ks=(1, 2),
+                              widths=2 ** np.arange(6, 12), instances=2, seeds=2, tau=0.3, sigma=0.3, rng_seed=4,
+                              train_eps=1e-6)
+    curves = floor_curves(runs)
+    c = criterion(name)
+    full = c.judge(runs, curves, 1e-3)
+    only = c.judge(runs[list(c.columns)], curves[list(c.curve_columns)] if c.needs_curves else None, 1e-3)
+    pd.testing.assert_series_equal(only, full)
+    assert full.any() and not full.all()  # the data tells runs apart

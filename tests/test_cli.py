@@ -14,6 +14,8 @@ import sobolev
 from pipeline.config import ConfigError, load_config, parse_config
 from pipeline_helpers import free_port, tiny_dict, write_yaml
 
+SECRET = "pa55-w0rd-in-a-uri"  # must never be printed
+
 # Each case: a config (dict, or raw text), extra CLI args, and what the error must name.
 # Run in one fresh interpreter, so that "Ray not started" is observable.
 CHECKER = r"""
@@ -22,13 +24,13 @@ import ray
 from pipeline.cli import main
 results = []
 for case in json.loads(sys.argv[1]):
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
         try:
             code = main(case["argv"])
         except SystemExit as exc:  # argparse's own errors (bad option values)
             code = exc.code
-    results.append(dict(code=code, err=err.getvalue(), ray=ray.is_initialized()))
+    results.append(dict(code=code, err=err.getvalue(), out=out.getvalue(), ray=ray.is_initialized()))
 print(json.dumps(results))
 """
 
@@ -72,6 +74,12 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("cpus_neg", [cfg("cpus1", good), "--num-cpus", "-1"], "--num-cpus: -1 CPUs"),
         ("cpus_zero", [cfg("cpus0", good), "--num-cpus", "0"], "--num-cpus: 0 CPUs"),
         ("seeds0", [cfg("seeds0", tiny_dict(seeds=dict(init=0)))], "seeds.init: a count of seeds must be >= 1; give a count or a list of seeds (got 0)"),
+        # credentials belong in the environment; the password is never shown (checked below)
+        ("uri_password", [cfg("uri3", good), "--tracking-uri", f"http://u:{SECRET}@127.0.0.1:{port}"],
+         "carries credentials"),
+        ("config_uri_password", [cfg("uri4", tiny_dict(tracking=dict(uri=f"http://u:{SECRET}@127.0.0.1:5000")))],
+         "tracking.uri: carries credentials"),
+        ("curve_points", [cfg("points", tiny_dict(tracking=dict(curve_points=1)))], "tracking.curve_points"),
     ]
 
 
@@ -91,6 +99,7 @@ def test_bad_inputs_exit_2_one_line_nothing_written_no_ray(tmp_path):
         assert res["code"] == 2, (name, res)
         assert len(lines) == 1 and lines[0].startswith("error: ") and field in lines[0], (name, lines)
         assert "(got 0) (got 0)" not in lines[0] and len(lines[0]) < 400, (name, lines)
+        assert SECRET not in res["err"] + res["out"], (name, lines)
         assert not res["ray"], name
     assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing written anywhere
 

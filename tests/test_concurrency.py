@@ -417,3 +417,31 @@ def test_two_drivers_creating_one_new_sqlite_store_at_once_both_succeed(tmp_path
     spans = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
     assert max(s["entered"] for s in spans) < min(s["opened"] for s in spans), f"did not race: {spans}"
     assert len(_parents(uri, "race")) == 2
+
+
+def test_resolve_waits_for_another_drivers_child_logged_but_not_yet_whole(tmp_path):
+    """Two drivers log one run at once; the other's child was logged first but is terminated only
+    after this driver's check began (its driver looked before ours was whole, so only this check
+    can see both): the check waits for it, then deletes our own later child."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    other = Tracker(uri, "wait", "s", "other", params={})
+    other.parent()
+    now = int(time.time() * 1000)
+    theirs = other.client.create_run(other.experiment_id, tags={"kind": "run", "run_id": "r1",
+                                                                "mlflow.parentRunId": other.parent_id}).info.run_id
+    other.client.log_metric(theirs, "logged_at", float(now - 100), timestamp=now - 100)
+    me = Tracker(uri, "wait", "s", "mine", params={})
+    me.parent()
+    ours = me.client.create_run(me.experiment_id, tags={"kind": "run", "run_id": "r1",
+                                                         "mlflow.parentRunId": me.parent_id}).info.run_id
+    me.client.log_metric(ours, "logged_at", float(now), timestamp=now)
+    me.client.set_terminated(ours)
+    guard = Guard(me, None)
+    later = threading.Timer(1.0, other.client.set_terminated, args=(theirs,))
+    later.start()
+    t0 = time.monotonic()
+    assert guard.resolve(["r1"]) == 1
+    later.join()
+    assert time.monotonic() - t0 >= 0.9
+    assert me.client.get_run(ours).info.lifecycle_stage == "deleted"
+    assert me.client.get_run(theirs).info.lifecycle_stage == "active"

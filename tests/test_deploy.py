@@ -150,3 +150,175 @@ def test_rayjob_manifest_matches_kuberays_crd_schema():
     broken["spec"]["shutdownAfterJobFinish"] = True
     with pytest.raises(jsonschema.ValidationError, match="shutdownAfterJobFinish"):
         jsonschema.validate(broken, schema)
+
+
+# -- the tracking server (deploy/tracking/, deploy/tracking-server.yaml) --------------------------------------------
+
+TRACKING = REPO / "deploy" / "tracking"
+K8S_VERSION = "1.30"
+
+
+def _k8s_docs() -> list[dict]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all((REPO / "deploy" / "tracking-server.yaml").read_text()) if d]
+
+
+def _env(container: dict) -> dict:
+    return {e["name"]: e for e in container.get("env", [])}
+
+
+def test_tracking_server_manifests_pass_kubernetes_strict_schemas_and_fit_together():
+    """Every object of deploy/tracking-server.yaml against Kubernetes' own JSON schemas (strict: unknown
+    keys fail, as `kubectl apply --validate=strict`), then what ties them to each other and to the pipeline:
+    secrets only by reference, the store URI without a password, the service the RayJob names."""
+    import kubernetes_validate
+    import pytest
+    import yaml
+
+    from pipeline.tracking import uri_problem
+
+    docs = _k8s_docs()
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    by = {(d["kind"], d["metadata"]["name"]): d for d in docs}
+    secret = by["Secret", "mlflow-credentials"]["stringData"]
+    assert all(v.startswith("CHANGE-ME") for v in secret.values())  # placeholders, refused by the entrypoint
+    deploy = by["Deployment", "mlflow"]["spec"]["template"]["spec"]
+    (mlflow,) = deploy["containers"]
+    env = _env(mlflow)
+    for name in ("PGPASSWORD", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert "value" not in env[name] and ref["name"] == "mlflow-credentials" and ref["key"] in secret
+    store = env["MLFLOW_BACKEND_STORE_URI"]["value"]
+    assert store.startswith("postgresql+psycopg://mlflow@postgres:5432/") and uri_problem(store) is None
+    # the database the store names is the one PostgreSQL creates; the auth app's is created by the init script
+    pg = by["StatefulSet", "postgres"]["spec"]["template"]["spec"]["containers"][0]
+    assert store.rsplit("/", 1)[1] == _env(pg)["POSTGRES_DB"]["value"]
+    assert "CREATE DATABASE mlflow_auth" in by["ConfigMap", "postgres-initdb"]["data"]["10-mlflow-auth.sql"]
+    assert _env(pg)["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["key"] == "postgres-password"
+    assert by["Service", "postgres"]["spec"]["ports"][0]["port"] == 5432
+    # artifacts on the claim; the Deployment's probes on MLflow's unauthenticated /health
+    claims = {name for kind, name in by if kind == "PersistentVolumeClaim"}
+    assert deploy["volumes"][0]["persistentVolumeClaim"]["claimName"] in claims
+    assert env["MLFLOW_ARTIFACTS_DESTINATION"]["value"] == mlflow["volumeMounts"][0]["mountPath"]
+    assert mlflow["readinessProbe"]["httpGet"]["path"] == "/health"
+    # the RayJob's driver reaches this Service, and the server answers that Host header
+    rayjob = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())
+    head = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    uri = _env(head)["MLFLOW_TRACKING_URI"]["value"]
+    host_port = uri.removeprefix("http://")
+    service = by["Service", "mlflow"]
+    assert host_port == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local:" \
+                        f"{service['spec']['ports'][0]['port']}"
+    assert host_port in env["MLFLOW_SERVER_ALLOWED_HOSTS"]["value"].split(",")
+    assert {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"} <= {
+        n for n, e in _env(head).items() if "secretKeyRef" in e.get("valueFrom", {})}
+    job = by["Job", "mlflow-create-sweeper"]["spec"]["template"]["spec"]["containers"][0]
+    assert job["command"][-1].endswith("create_account.py") and _env(job)["ACCOUNT_USERNAME"]["value"] == "sweeper"
+    # the check can fail: a misspelled key, and a missing required field
+    broken = json.loads(json.dumps(by["Deployment", "mlflow"]))
+    broken["spec"]["template"]["spec"]["containers"][0]["envv"] = []
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+    broken = json.loads(json.dumps(by["Deployment", "mlflow"]))
+    del broken["spec"]["selector"]
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_rayjob_pod_templates_pass_kubernetes_strict_schema():
+    """The RayJob's head and worker pod templates are core PodTemplateSpecs: Kubernetes' own schema,
+    strict, checks what the extracted KubeRay schema only types (e.g. env valueFrom.secretKeyRef)."""
+    import kubernetes_validate
+    import pytest
+    import yaml
+
+    spec = yaml.safe_load((REPO / "deploy" / "rayjob.yaml").read_text())["spec"]["rayClusterSpec"]
+    templates = [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]
+    for template in templates:
+        pod = dict(apiVersion="v1", kind="PodTemplate", metadata=dict(name="t"), template=template)
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    broken = json.loads(json.dumps(templates[0]))
+    broken["spec"]["containers"][0]["env"][1]["valueFrom"]["secretKeyRef"]["nmae"] = "x"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dict(apiVersion="v1", kind="PodTemplate", metadata=dict(name="t"),
+                                          template=broken), K8S_VERSION, strict=True)
+
+
+def test_compose_file_passes_the_compose_spec_and_matches_what_the_pipeline_expects():
+    """deploy/tracking/compose.yaml against the Compose Specification's JSON schema, then: secrets only
+    as files, the store URI without a password and naming the database PostgreSQL creates, the auth
+    app's database created by initdb.sql, the files the Dockerfile and the services use exist, one
+    pinned server version (the client's major version) in every image, published on 127.0.0.1 only."""
+    import configparser
+    from importlib.metadata import version
+
+    import jsonschema
+    import pytest
+    import yaml
+
+    from pipeline.tracking import uri_problem
+
+    # the spec's schema is draft 07 (its $schema URI lacks the '#' jsonschema looks up)
+    spec = jsonschema.Draft7Validator(json.loads((REPO / "deploy" / "schema" / "compose-spec.json").read_text()))
+    compose = yaml.safe_load((TRACKING / "compose.yaml").read_text())
+    spec.validate(compose)
+    services = compose["services"]
+    assert set(services) == {"postgres", "mlflow", "create-account"}
+    for name, svc in services.items():
+        for key, value in svc.get("environment", {}).items():
+            assert "PASSWORD" not in key and "SECRET" not in key or key.endswith("_FILE"), (name, key)
+        for s in svc.get("secrets", []):
+            assert s in compose["secrets"], (name, s)
+    for s in compose["secrets"].values():
+        assert s["file"].startswith("./secrets/")  # ignored by git (.gitignore)
+    assert "deploy/tracking/secrets/" in (REPO / ".gitignore").read_text()
+    pg, server = services["postgres"]["environment"], services["mlflow"]["environment"]
+    store = server["MLFLOW_BACKEND_STORE_URI"]
+    assert store == f"postgresql+psycopg://{pg['POSTGRES_USER']}@postgres:5432/{pg['POSTGRES_DB']}"
+    assert uri_problem(store) is None
+    assert (TRACKING / services["postgres"]["volumes"][1].split(":")[0]).resolve() == TRACKING / "initdb.sql"
+    ini = configparser.ConfigParser()
+    ini.read(TRACKING / "basic_auth.ini")
+    auth_db = ini["mlflow"]["database_uri"]
+    assert auth_db == f"postgresql+psycopg://{pg['POSTGRES_USER']}@postgres:5432/mlflow_auth"
+    assert uri_problem(auth_db) is None
+    assert "CREATE DATABASE mlflow_auth" in (TRACKING / "initdb.sql").read_text()
+    assert int(ini["mlflow"]["auth_cache_ttl_seconds"]) > 0  # a PBKDF2 check per request otherwise
+    assert services["mlflow"]["ports"] == ["127.0.0.1:5000:5000"]
+    assert "127.0.0.1:5000" in server["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    dockerfile = (TRACKING / "Dockerfile").read_text()
+    for line in dockerfile.splitlines():
+        if line.startswith("COPY "):
+            assert all((TRACKING / f).is_file() for f in line.split()[1:-1]), line
+    # one pinned server version everywhere, of the client's major version (the REST API's)
+    pinned = next(ln.split("=", 1)[1] for ln in dockerfile.splitlines() if ln.startswith("ARG MLFLOW_VERSION="))
+    assert pinned.split(".")[0] == version("mlflow").split(".")[0]
+    assert services["mlflow"]["image"].endswith(f":{pinned}")
+    k8s_images = {c["image"] for d in _k8s_docs() if d["kind"] in ("Deployment", "Job")
+                  for c in d["spec"]["template"]["spec"]["containers"]}
+    assert k8s_images == {f"REGISTRY/sobolev-mlflow:{pinned}"}
+    account = services["create-account"]["environment"]
+    assert account["ACCOUNT_USERNAME"] == "sweeper" and account["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    with pytest.raises(jsonschema.ValidationError):  # the check can fail
+        spec.validate(dict(compose, services=dict(services, mlflow=dict(services["mlflow"], prots=[]))))
+
+
+def test_server_entrypoint_refuses_placeholder_secrets_and_a_password_in_the_store_uri(tmp_path):
+    """deploy/tracking/entrypoint.sh, run as the container runs it: the example Secret's placeholders,
+    a missing secret and a password in MLFLOW_BACKEND_STORE_URI stop it with one line, exit 2, before
+    MLflow starts."""
+    secret = tmp_path / "pw"
+    secret.write_text("CHANGE-ME-postgres\n")
+    base = dict(PATH=os.environ["PATH"], MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://mlflow@127.0.0.1:1/mlflow",
+                MLFLOW_AUTH_ADMIN_PASSWORD="a-real-one", MLFLOW_FLASK_SERVER_SECRET_KEY="k")
+    cases = [(dict(base, PGPASSWORD_FILE=str(secret)), "PGPASSWORD is still the placeholder"),
+             ({k: v for k, v in base.items() if k != "MLFLOW_AUTH_ADMIN_PASSWORD"} | dict(PGPASSWORD="x"),
+              "MLFLOW_AUTH_ADMIN_PASSWORD is not set"),
+             (dict(base, PGPASSWORD="x", MLFLOW_BACKEND_STORE_URI="postgresql+psycopg://mlflow:pw@h:5432/mlflow"),
+              "carries a password")]
+    for env, said in cases:
+        p = subprocess.run(["sh", str(TRACKING / "entrypoint.sh")], env=env, capture_output=True, text=True,
+                           timeout=30)
+        assert p.returncode == 2 and said in p.stderr and len(p.stderr.strip().splitlines()) == 1, (said, p.stderr)

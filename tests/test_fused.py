@@ -10,6 +10,7 @@ from sobolev import fused as kernels  # the numba kernels of the fused route (lo
 from sobolev.fused import FusedReluPatterns
 from sobolev.patterns import ReluPatterns, signed_pattern
 from sobolev.rules import pattern_rule
+from conftest import RTOL
 from sobolev.state import Data
 
 
@@ -124,11 +125,16 @@ def test_fused_refuses_a_strided_tensor():
         kernels.relu_pattern_(z.transpose(1, 2), a)
 
 
+FLIP_ENERGY = ("jump_energy", "jump_energy_total", "jump_share", "jump_rate_late", "flow_rate_late")
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("n", [6, 32])  # 32: the one-pass route of rows of whole words
 def test_train_is_identical_on_the_fused_and_the_eager_route(monkeypatch, dtype, n):
     """Replicas that stop at different times (rows dropped mid-run) and a check on every
-    route's boundary: weights, curves and summaries bit for bit the same."""
+    route's boundary: weights, curves and summaries bit for bit the same, except what the flips put
+    into ||r||^2, whose change of the input gradients each route sums in its own order (the fused one
+    from the flipped bits, the eager one by a GEMM): equal to the dtype's tolerance."""
     p = make_problem(n, 5, 2, 0.5, seed=2, dtype=torch.float64)
     params = init_params(5, 96, 5, seeds=list(range(5)), dtype=torch.float64)
     cfg = TrainConfig(eps=1e-4, t_max=6.0, max_steps=700, check_every=7, dtype=dtype)
@@ -140,7 +146,12 @@ def test_train_is_identical_on_the_fused_and_the_eager_route(monkeypatch, dtype,
     for table_f, table_e in ((fused.summary, eager.summary), (fused.curves, eager.curves)):
         assert table_f.keys() == table_e.keys()
         for key in table_f:
-            np.testing.assert_array_equal(table_f[key], table_e[key], err_msg=key)
+            if key in FLIP_ENERGY:
+                np.testing.assert_allclose(table_f[key], table_e[key], rtol=RTOL[getattr(torch, dtype)], atol=1e-12,
+                                           err_msg=key)
+            else:
+                np.testing.assert_array_equal(table_f[key], table_e[key], err_msg=key)
+    assert np.abs(fused.summary["jump_energy_total"]).max() > 0
     assert fused.summary["flips_gross_total"].sum() > 0
 
 

@@ -2,6 +2,8 @@
 results directory and every resume (checked on a directory written by the code before the
 settings were defined once: tests/fixtures/results_v1, from tests/fixtures/results_v1.yaml)."""
 
+import hashlib
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -10,8 +12,10 @@ import pytest
 
 from pipeline.config import load_config
 from pipeline.grid import plan
-from records.identity import run_id_of_record
+from records.identity import RUN_ID_VERSION, run_id, run_id_of_record, run_key
+from records.schema import Cell
 from records.tables import done_run_ids, read_table
+from sobolev.settings import TrainConfig
 
 FIXTURE = Path(__file__).parent / "fixtures"
 
@@ -56,16 +60,24 @@ def test_a_defaulted_setting_added_in_one_place_reaches_yaml_parquet_mlflow_and_
     code = f'''
 import dataclasses, sys, typing
 sys.path[:0] = {sys.path!r}
-import sobolev.loop
 import sobolev.settings as T
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig(T.TrainConfig):
-    warmup: float = 0.0  # the new setting; 0.0 keeps today's behaviour
+    warmup: float = T._setting(1.0, "the new setting (floats are positive); 1.0 keeps today's behaviour")
 
 T.TrainConfig = TrainConfig
 import sobolev
 sobolev.TrainConfig = TrainConfig
+# only now what builds a TrainConfig at import (train's default) and fills the fields' cache, so that
+# the validation sees the new field
+import sobolev.loop
+assert "warmup" in T.train_config_fields() and sobolev.loop.train.__defaults__[0].warmup == 1.0
+try:
+    TrainConfig(warmup=0.0)
+    raise AssertionError("warmup=0.0 was not validated")
+except ValueError as exc:
+    assert "warmup" in str(exc), exc
 seen = []
 real_train = sobolev.loop.train
 def spy(params, problem, config, **kw):
@@ -84,7 +96,7 @@ from pipeline.task import execute
 import yaml
 assert "warmup" in RUNS_SCHEMA.names and "warmup" in PARAM_FIELDS
 cfg = load_config("{FIXTURE / 'results_v1.yaml'}")
-assert cfg.training.warmup == 0.0
+assert cfg.training.warmup == 1.0
 tasks, total = plan(cfg, skip=done_run_ids("{FIXTURE / 'results_v1'}"))
 assert tasks == [] and total == 4, "a defaulted setting must keep existing ids"
 data = yaml.safe_load(open("{FIXTURE / 'results_v1.yaml'}"))
@@ -114,3 +126,40 @@ print("ok")
 '''
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert result.stdout.strip().endswith("ok"), result.stdout[-2000:] + result.stderr[-3000:]
+
+
+# (cell, training settings off their default, seed) -> run_id. The first three are runs of the shipped
+# study (results/cpu_study, written by the pipeline); the last two have the optional cell fields off
+# their default. An id that changes is a decision (a new RUN_ID_VERSION, with old ids still recognised
+# as done), never an accident: every results directory's resume and every cross-sweep reuse hang on them.
+SHIPPED = dict(d=16, delta=0.5, bias=False)
+STUDY = dict(eps=1e-9, dtype="float64")
+PINNED_RUN_IDS = [
+    (dict(SHIPPED, n=128, k=2, m=1024, delta=0.25), STUDY, 0, "1a807e6a84976b8f2662"),
+    (dict(SHIPPED, n=16, k=0, m=1024), dict(STUDY, mode="frozen", t_max=6.0), 0, "f666c10c36b13ea95b90"),
+    (dict(SHIPPED, n=16, k=2, m=1024, bias=True), STUDY, 0, "07db0c8dac6bfeb01821"),
+    (dict(n=8, k=1, d=6, m=64, delta=0.5, bias=False, target="teacher", delta_2=0.1, data_seed=3), {}, 5,
+     "2e2411e0181c18ef02f2"),
+    (dict(n=4, k=0, d=5, m=16, delta=0.3, bias=True, data_seed=1), dict(step_factor=0.5, max_steps=300), 2,
+     "1c3fa10e110a0fe0efcd"),
+]
+
+
+@pytest.mark.parametrize("cell, settings, seed, expected", PINNED_RUN_IDS)
+def test_known_runs_keep_their_ids(cell, settings, seed, expected):
+    assert run_id(Cell(**cell), TrainConfig(**settings), seed) == expected
+
+
+def test_a_run_id_is_the_hash_of_its_key_spelled_out():
+    """The id's definition, by an independent route: the SHA-256 of the key written out by hand."""
+    cell, train = Cell(n=16, k=0, d=16, m=1024, delta=0.5, bias=False), TrainConfig(mode="frozen", t_max=6.0)
+    key = ('{"bias": false, "d": 16, "delta": 0.5, "k": 0, "m": 1024, "mode": "frozen", "n": 16, "seed": 0, '
+           '"t_max": 6.0, "version": 2}')
+    assert RUN_ID_VERSION == 2 and run_key(cell, train, 0) == json.loads(key)
+    assert run_id(cell, train, 0) == hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
+def test_the_shipped_study_keeps_its_recorded_ids():
+    """Every run of the shipped study, read from its Parquet, has the id the pipeline recorded."""
+    runs = read_table(Path(__file__).parents[1] / "results" / "cpu_study", "runs").to_pylist()
+    assert len(runs) > 1000 and all(run_id_of_record(r) == r["run_id"] for r in runs)

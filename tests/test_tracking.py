@@ -7,8 +7,10 @@ import math
 
 import pytest
 
+from pipeline.config import CURVE_POINTS
 from pipeline.driver import run_sweep
-from pipeline.tracking import EXPERIMENT_KIND, child_run_name, child_times, runs_link
+from pipeline.tracking import (EXPERIMENT_KIND, TrackingError, auth_headers, check_uri, child_run_name, child_times,
+                               curve_rows, redact, runs_link)
 from pipeline_helpers import mlflow_children, tiny_config
 from records.tables import read_table
 
@@ -49,8 +51,11 @@ def test_mlflow_names_durations_curves_artifacts_and_no_empty_parent(local_ray, 
         # the UI's "Relative time" axis is flow time in units of 1/lambda_*
         assert all(abs(m.timestamp - child.info.start_time - 1000 * m.value) <= 1 for m in history)
         bound_rel = {m.step: m.value for m in client.get_metric_history(child.info.run_id, "curve.bound_rel")}
-        assert sorted(t_lambda) == mine.step.tolist()
-        for row in mine.itertuples():
+        # the default curve_points: that many checkpoints at most, the first and the last among them
+        steps = sorted(t_lambda)
+        assert len(steps) == min(CURVE_POINTS, len(mine)) and set(steps) <= set(mine.step)
+        assert steps[0] == mine.step.iloc[0] and steps[-1] == mine.step.iloc[-1]
+        for row in mine[mine.step.isin(steps)].itertuples():
             assert t_lambda[row.step] == pytest.approx(row.t * rec.lambda_star, rel=1e-9)
             assert bound_rel[row.step] == pytest.approx(row.bound / rec.r0_sq, rel=1e-5)
         assert mine.t.iloc[-1] * rec.lambda_star == pytest.approx(rec.t * rec.lambda_star, rel=1e-9)
@@ -118,3 +123,44 @@ def test_the_main_job_on_the_users_defaults(tmp_path):
     children = mlflow_children(f"sqlite:///{tmp_path / 'mlflow.db'}", "defaults")
     assert len(children) == 3  # 1 cell x 3 seeds, each logged once
     assert "mlflow ui --backend-store-uri" in proc.stdout or "MLflow runs:" in proc.stdout
+
+
+def test_curve_rows_picks_the_checkpoints_nearest_to_log_spaced_flow_times():
+    """Planted: checkpoints at t = 0 and 10 per decade from 1e-3 to 1e3; 8 points are t = 0 and
+    7 flow times log-spaced over the last 3 decades (half a decade apart, ends included); in step order."""
+    import numpy as np
+
+    from pipeline.tracking import CURVE_DECADES
+
+    assert CURVE_DECADES == 3
+    t = [0.0, *np.geomspace(1e-3, 1e3, 61)]
+    rows = list(range(len(t)))[::-1]  # any order in, step order out
+    half = 10 ** 0.5
+    assert [t[i] for i in curve_rows(t, rows, 8)] == pytest.approx([0.0, 1, half, 10, 10 * half, 100, 100 * half, 1e3])
+    assert [t[i] for i in curve_rows(t[:32], rows[-32:], 5)] == pytest.approx([0.0, 1e-3, 1e-2, 0.1, 1.0])  # 3 decades
+    assert curve_rows(t, rows, None) == sorted(rows)  # all
+    assert curve_rows(t, rows, 2) == [0, len(t) - 1]  # the first and the last
+    assert curve_rows(t[:5], [0, 1, 2, 3, 4], 8) == [0, 1, 2, 3, 4]  # fewer checkpoints than points: all
+    # with irregular checkpoints every pick is the nearest in log t, and none is picked twice
+    t = [0.0, 0.01, 0.011, 0.5, 0.9, 1.0, 30.0]
+    # targets 30e-3, 0.949, 30 (3 decades); 0.9 is nearer to 0.949 than 1.0 in log t, 0.011 nearer to 0.03 than 0.01
+    assert [t[i] for i in curve_rows(t, list(range(7)), 4)] == [0.0, 0.011, 0.9, 30.0]
+
+
+def test_credentials_never_in_a_uri_and_redacted_in_messages(monkeypatch):
+    for uri, secret in [("http://alice:s3cr3t@127.0.0.1:5000", "s3cr3t"), ("https://bob:pw%40x@h/", "pw%40x"),
+                        ("postgresql+psycopg://mlflow:dbpw@db:5432/mlflow", "dbpw")]:
+        assert secret not in redact(uri) and "***" in redact(uri)
+        with pytest.raises(TrackingError, match="carries credentials") as exc:
+            check_uri(uri)
+        assert secret not in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(TrackingError, match="MLFLOW_TRACKING_USERNAME"):
+        check_uri("http://alice@127.0.0.1:5000")  # a user name alone: it belongs in the environment too
+    check_uri("postgresql+psycopg://mlflow@db:5432/mlflow")  # a database user without password: PGPASSWORD
+    assert redact("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cr3t")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "tok")
+    assert auth_headers() == {"Authorization": "Basic YWxpY2U6czNjcjN0"}  # base64 of alice:s3cr3t; the pair wins
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    assert auth_headers() == {"Authorization": "Bearer tok"}
