@@ -159,7 +159,7 @@ def study(config: str, device: str, quick: bool = False) -> None:
         shape = f"study {label}: n={n} d={d} m={m} R={R} {base.dtype}{' bias' if bias else ''} {mode}"
         timing = (f"{measured * 1e3:.3g} ms a step ({steps[1] - steps[0]} steps and a checkpoint), GPU model "
                   f"({gpu.name}) {model * 1e3:.3g} ms: measured/model {measured / model:.2f}")
-        mem = task_bytes(R, n, d, k, m, dtype, bias=bias, mode=mode, check_every=tr.check_every)
+        mem = task_bytes(R, n, d, k, m, dtype, bias=bias, mode=mode, check_every=tr.check_every, eager=cuda)
         if cuda:
             peak = torch.cuda.max_memory_allocated() - start
             ratio = mem / peak

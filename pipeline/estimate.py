@@ -11,9 +11,9 @@ The model, which :func:`estimate_lines` prints with its assumptions:
   cheap (measured here within a time budget, smallest first) or cached (``spectra.json`` beside the
   calibration, keyed by the instance); otherwise fitted over ``n`` from the measured instances of the
   same ``(d, k, delta, bias)``; with no such instance, Proposition 1's bound.
-- **A step** of ``R`` replicas: three GEMMs over the ``(R, m, n)`` activation patterns, ``6 R m n D``
-  FLOPs (``D = d + bias``; frozen mode ``4 R m n D``: no pattern update), and ``PATTERN_PASSES``
-  passes over the patterns (``R m n`` elements each), plus a fixed cost per step.
+- **A step** of ``R`` replicas (:func:`step_traffic`): four GEMMs over the ``(R, m, n)`` activation
+  patterns, ``8 R m n D`` FLOPs (``D = d + bias``; frozen mode two, ``4 R m n D``), and
+  ``PATTERN_PASSES`` passes over the patterns (``R m n`` elements each), plus a fixed cost per step.
 - **Checkpoints** (``checkpoints_per_decade`` a decade of steps, and one at the stop): one
   ``eigvalsh`` of ``H`` (``N = n (k+1)``) per replica; at the start ``lambda_*`` and ``H(0)``'s
   ``eigh`` (about 3 eigvalsh) per replica.
@@ -77,20 +77,32 @@ BANDWIDTH_FRACTION = 0.7  # share of peak bandwidth in the elementwise passes ov
 GPU_STEP_LATENCY = 150e-6  # seconds a step's ~20 kernel launches take from Python (the loop never syncs)
 GPU_EIGH_RATE = 0.5e12  # FLOP/s of one float64 eigvalsh (4/3 N^3; cuSOLVER's tridiagonal reduction is memory-bound)
 GPU_TASK_FIXED = 5.0  # seconds a task spends outside its steps: CUDA context, the instance, the records
-# Passes over the (R, m, n) patterns per step: relu reads them in two GEMMs and rewrites them (the
-# pre-activation GEMM's output, threshold, sign, the flip count: sobolev.patterns.ReluPatterns); frozen reads twice
-PATTERN_PASSES = {"relu": 11, "frozen": 2}
-STEP_FLOPS = {"relu": 6, "frozen": 4}  # x R m n D: the GEMMs of a step (sobolev.step.Workspace)
+# Per element of the (R, m, n) patterns, per step of the eager rules (sobolev.patterns, as a GPU runs them):
+# passes of the working dtype and bytes of bool. relu: read by the two GEMMs of the step, written by the
+# pre-activation GEMM, threshold and sign (2 each), the signed change (3) and its GEMM into dG (1), the flip
+# count (3 and a sum), and the bits seen flipping (4 bool bytes); frozen: the two GEMMs' reads
+PATTERN_PASSES = {"relu": (16, 4), "frozen": (2, 0)}
+WEIGHT_PASSES = {"relu": 5, "frozen": 3}  # reads and writes of W (R, m, D) a step
+STEP_FLOPS = {"relu": 8, "frozen": 4}  # x R m n D: the GEMMs of a step (sobolev.step.Workspace, ReluPatterns)
+
+
+def step_traffic(R, m, n, D, *, relu, float64):
+    """FLOPs and bytes of device memory moved by one step of ``R`` replicas (arrays broadcast)."""
+    flops = np.where(relu, STEP_FLOPS["relu"], STEP_FLOPS["frozen"]) * R * m * n * D
+    size = np.where(float64, 8, 4)
+    per_element = np.where(relu, PATTERN_PASSES["relu"][0] * size + PATTERN_PASSES["relu"][1],
+                           PATTERN_PASSES["frozen"][0] * size + PATTERN_PASSES["frozen"][1])
+    weights = np.where(relu, WEIGHT_PASSES["relu"], WEIGHT_PASSES["frozen"]) * size * R * m * D
+    return flops, per_element * R * m * n + weights
+
 
 def gpu_step_seconds(gpu: GPU, R, m, n, D, *, relu, float64):
     """The model's seconds of one step of ``R`` replicas on ``gpu`` (arrays broadcast): the device
     busy (the larger of its GEMMs' FLOPs and its passes over the patterns, at the assumed shares of
     the peaks), and the wall (at least the launch latency)."""
-    flops = np.where(relu, STEP_FLOPS["relu"], STEP_FLOPS["frozen"]) * R * m * n * D
-    passes = np.where(relu, PATTERN_PASSES["relu"], PATTERN_PASSES["frozen"])
-    size = np.where(float64, 8, 4)
+    flops, moved = step_traffic(R, m, n, D, relu=relu, float64=float64)
     busy = np.maximum(flops / (np.where(float64, gpu.float64, gpu.float32) * GEMM_FRACTION),
-                      size * R * m * (n * passes + 4 * D) / (gpu.bandwidth * BANDWIDTH_FRACTION))
+                      moved / (gpu.bandwidth * BANDWIDTH_FRACTION))
     return busy, np.maximum(busy, GPU_STEP_LATENCY)
 
 
@@ -483,8 +495,6 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
 
     (work,), longest = both(machine)
     gpu = {}
-    flops_per = np.where(va["relu"], STEP_FLOPS["relu"], STEP_FLOPS["frozen"]) * m * n * D
-    passes = np.where(va["relu"], PATTERN_PASSES["relu"], PATTERN_PASSES["frozen"])
     eig_g = gpu_eigvalsh_seconds(N)
     for g in GPUS:
         def on_gpu(r, g=g):
@@ -495,9 +505,10 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
 
         (busy, wall), longest_g = both(on_gpu)
         gpu[g.name] = dict(busy=busy, wall=wall, longest=longest_g)
-    big = int(np.argmax(R * flops_per))
-    largest = dict(R=int(R[big]), n=int(n[big]), m=int(m[big]), D=int(D[big]), flops=float(R[big] * flops_per[big]),
-                   bytes=float(va["bytes"][big] * R[big] * m[big] * (n[big] * passes[big] + 4 * D[big])))
+    flops, moved = step_traffic(R, m, n, D, relu=va["relu"], float64=va["float64"])
+    big = int(np.argmax(flops))
+    largest = dict(R=int(R[big]), n=int(n[big]), m=int(m[big]), D=int(D[big]), flops=float(flops[big]),
+                   bytes=float(moved[big]))
     tasks = int((full + (rest > 0)).sum())
     return Price(runs=len(cell_list) * len(variants) * seeds, cells=len(cell_list), variants=len(variants),
                  seeds=seeds, tasks=tasks, rows=rows, spectra=spectra, machine=dict(work=work, longest=longest),
@@ -589,7 +600,8 @@ def estimate_lines(cfg: SweepConfig, out, *, search: bool = False, num_cpus: int
         f"{len(rows['steps']):,} cells x settings); runs stop earlier at eps={eps:g}, so every time "
         f"below is an upper bound",
         f"per step: {STEP_FLOPS['relu']} R m n (d+bias) FLOPs in relu mode ({STEP_FLOPS['frozen']} frozen) and "
-        f"{PATTERN_PASSES['relu']} ({PATTERN_PASSES['frozen']}) passes over the R x m x n patterns; the largest "
+        f"{PATTERN_PASSES['relu'][0]} ({PATTERN_PASSES['frozen'][0]}) passes over the R x m x n patterns (and "
+        f"{PATTERN_PASSES['relu'][1]} bytes of flags an element) on a GPU; the largest "
         f"task (R={p.largest['R']}, n={p.largest['n']}, m={p.largest['m']}, d+bias={p.largest['D']}): "
         f"{p.largest['flops'] / 1e9:.3g} GFLOP and {p.largest['bytes'] / 1e9:.3g} GB a step; one eigvalsh of "
         f"H (N = n(k+1), up to {int(rows['N'].max())}) per replica at each of up to {rows['ckpts'].max()} "

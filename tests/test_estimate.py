@@ -134,7 +134,7 @@ def test_dry_run_prices_the_paper_grid_in_seconds(tmp_path):
     cfg = load_config(ROOT / "configs/paper.yaml")
     runs = len(cells(cfg)) * len(cfg.training_variants()) * len(cfg.seeds.init)
     assert f"= {runs:,} runs" in out and "tasks: " in out
-    assert "upper bound" in out and "per step: 6 R m n (d+bias) FLOPs" in out and "spectra of H^inf" in out
+    assert "upper bound" in out and "per step: 8 R m n (d+bias) FLOPs" in out and "spectra of H^inf" in out
     for gpu in GPUS:
         line = next(x for x in out.splitlines() if x.strip().startswith(gpu.name))
         assert "1 GPU " in line and "8 GPUs " in line and "TFLOP/s" in line
