@@ -19,10 +19,10 @@ from .columns import require_columns
 from .defaults import CONFIDENCE, EXPONENT_TERMS, THEORY_EXPONENTS
 from .fits import fit_exponents
 from .floorlaw import fit_floor_law, floor_group_columns
-from .stats import cluster_percentile_interval
 from .judging import UnjudgeableToleranceError
-from .success import run_success, success_rates
+from .stats import cluster_percentile_interval
 from .success import criteria as registered_criteria  # the parameter ``criteria`` takes the plain name
+from .success import run_success, success_rates
 from .thresholds import thresholds
 
 SENSITIVITY_EPS = (1e-2, 1e-3, 1e-4, 1e-5)

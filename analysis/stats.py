@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+
 # the normal and Student-t quantiles are special.ndtri and special.stdtrit, the functions
 # scipy.stats' norm.ppf and t.ppf call (same bits): scipy.stats takes about 0.4 s to import
 from scipy import special

@@ -38,10 +38,11 @@ import pandas as pd
 
 from .columns import require_columns
 from .defaults import CELL_KEYS, CONFIDENCE, EPS_GRID, HOMOGENEOUS_COLUMNS, STOPPED_AT_EPS
-from .judging import check_judgeable, checkpoints as _checkpoints
+from .judging import check_judgeable
+from .judging import checkpoints as _checkpoints
 from .judging import not_failed as _not_failed
-from .timed import TIMED_CRITERIA, parse_horizon
 from .stats import wilson_interval
+from .timed import TIMED_CRITERIA, parse_horizon
 
 # Per-run columns of the success table; every other column identifies the cell.
 RUN_LEVEL = ("run_id", "seed", "success")

@@ -257,9 +257,10 @@ def main() -> None:
     import os
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    from tracking_server import tracking_server
+
     from pipeline.config import CURVE_POINTS
     from pipeline.logqueue import bound_http_calls
-    from tracking_server import tracking_server
 
     bound_http_calls()
     points_list = [None if p == "all" else int(p) for p in (args.points or f"{CURVE_POINTS},all").split(",")]

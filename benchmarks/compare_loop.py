@@ -9,14 +9,22 @@ Jobs: the old hot loop, the new one without and with the per-step flip count (``
 on the CPU both take the fused pattern update of ``sobolev.fused``, the first less the count),
 and ``train`` for L and 2L steps at one checkpoint per decade (same checkpoints), whose
 difference over L is the loop's cost per step."""
-import os, statistics, sys, time
+import os
+import statistics
+import sys
+import time
+
 sys.path[:0] = [os.environ["SOBOLEV_OLD_PATH"], os.path.dirname(os.path.abspath(__file__))]
 import torch
+
 torch.set_num_threads(int(sys.argv[2]) if len(sys.argv) > 2 else 2)
 import sobolev_old  # noqa: F401,E402  (the package import shadows its train module by the function)
+
 old = sys.modules["sobolev_old.train"]
 from bench_step import Project, Setup
+
 from sobolev import TrainConfig, lambda_star, train
+
 
 def old_bare(s):
     R, m = s.params.R, s.params.m

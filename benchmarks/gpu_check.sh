@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# The GPU path in one command (under 8 minutes on one GPU), printing one table:
+# The GPU path in one command (under 10 minutes on one GPU), printing one table:
 #
 #   PYTHONPATH=. bash benchmarks/gpu_check.sh            # on a machine with CUDA
 #
 # 1. bench_step.py and bench_loop.py with --device cuda (short budgets; full logs kept);
 # 2. the smoke sweep with num_gpus 0.25 and replicas_per_task auto, every run on cuda;
-# 3. the memory model (sobolev.memory.task_bytes) against torch.cuda.max_memory_allocated.
+# 3. the memory model (sobolev.memory.task_bytes) against torch.cuda.max_memory_allocated;
+# 4. the study's GPU configuration (GPU_CHECK_STUDY_CONFIG, default configs/paper.yaml): one task of each
+#    kind (L2 k=0, Sobolev, bias, frozen control) at its largest width, timed against the dry-run's GPU
+#    model, with the memory model against the allocated peak, and an eigvalsh/eigh at its largest N.
 #
 # GPU_CHECK_DEVICE=cpu runs the same steps on the CPU, so that the script itself is known to work
 # before a GPU is at hand: tests/test_concurrency.py does, with GPU_CHECK_CONFIG a tiny sweep and
@@ -15,14 +18,15 @@ set -u -o pipefail
 cd "$(dirname "$0")/.."
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
 CONFIG=${GPU_CHECK_CONFIG:-configs/smoke.yaml}
+STUDY_CONFIG=${GPU_CHECK_STUDY_CONFIG:-configs/paper.yaml}
 LOGS=${GPU_CHECK_LOGS:-$(mktemp -d -t gpu_check.XXXXXX)}
 PY=${PYTHON:-python}
 export PYTHONPATH=${PYTHONPATH:-.}
 mkdir -p "$LOGS"
 if [ "${GPU_CHECK_QUICK:-0}" = 1 ]; then  # the CPU test: the benchmarks only parse their arguments
-  STEP_ARGS=(--budget 8 --rounds 5 --help); LOOP_ARGS=(--rounds 3 --help); LIMIT=120
+  STEP_ARGS=(--budget 8 --rounds 5 --help); LOOP_ARGS=(--rounds 3 --help); LIMIT=120; STUDY_ARGS=(--quick)
 else
-  STEP_ARGS=(--budget 8 --rounds 5); LOOP_ARGS=(--rounds 3); LIMIT=150
+  STEP_ARGS=(--budget 8 --rounds 5); LOOP_ARGS=(--rounds 3); LIMIT=150; STUDY_ARGS=()
 fi
 ROWS=()
 FAILED=0
@@ -66,6 +70,7 @@ bench bench_step benchmarks/bench_step.py "${STEP_ARGS[@]}"
 bench bench_loop benchmarks/bench_loop.py "${LOOP_ARGS[@]}"
 check sweep sweep "$CONFIG"
 check memory memory
+check study study "$STUDY_CONFIG" "${STUDY_ARGS[@]}"
 
 echo "| check | device | result | s |"
 echo "|---|---|---|---:|"

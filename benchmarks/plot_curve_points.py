@@ -25,8 +25,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "docs" / "curve_points.png"))
     args = ap.parse_args()
     from pipeline.config import CURVE_POINTS
-    from records.tables import read_table
     from pipeline.tracking import curve_rows
+    from records.tables import read_table
 
     curves = read_table(Path(args.study), "curves").to_pandas()
     runs = read_table(Path(args.study), "runs").to_pandas().set_index("run_id")

@@ -76,6 +76,9 @@ def _common(p: argparse.ArgumentParser, *, ray: bool = True, mlflow: bool = True
                        help="print the grid, the tasks and the estimated time for the config's resources; run nothing")
         p.add_argument("--recalibrate", action="store_true",
                        help="with --dry-run: time this machine again (else the cached calibration is used)")
+        p.add_argument("--exact-spectra", action="store_true",
+                       help="with --dry-run: compute every instance's spectrum (minutes for large n k) into the cache, "
+                            "instead of fitting those not measured within seconds")
         p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
         p.add_argument("--num-cpus", type=positive_int, metavar="N", help="CPUs of the local Ray (default: all)")
         p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -163,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             preflight(cfg, out, None)
             print("\n".join(estimate_lines(cfg, out, search=args.command == "search",
-                                             num_cpus=args.num_cpus, recalibrate=args.recalibrate)))
+                                             num_cpus=args.num_cpus, recalibrate=args.recalibrate,
+                                             exact_spectra=args.exact_spectra)))
             return 0
         if args.command == "search":
             return _search(cfg, args, options)

@@ -38,7 +38,6 @@ from sobolev.problem import alpha_beta
 
 from .grid import TaskSpec
 
-
 _MAPPED_AT_FIRST_TASK: list[int] = []  # SOBOLEV_TASK_MEMORY_CAP's fixed point, once per process
 
 

@@ -12,12 +12,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from .identity import run_id_of_record
-from .schema import CELL_COLUMNS, CURVES_SCHEMA, FAILED, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
+from .identity import run_ids_of_records
+from .schema import CELL_COLUMNS, CURVES_SCHEMA, FAILED, RENAMED_COLUMNS, RUNS_SCHEMA, TABLES, TRAINING_COLUMNS, conform
 
 MANIFEST = "sweep.json"
 QUARANTINE = "_corrupt"
@@ -162,13 +164,107 @@ def table_files(out: Path, table: str) -> list[Path]:
 def read_table(out: Path, table: str, columns: list[str] | None = None, filter=None) -> pa.Table:
     """A whole table (``columns`` of it; rows matching the pyarrow expression ``filter``), in the
     current schema: files written by an older version, which lack newer columns, read with
-    those columns at their default (``records.schema.conform``)."""
+    those columns at their default (``records.schema.conform``). Rows come in file-name order,
+    each file's rows in their order; dot- and underscore-prefixed files are not read.
+
+    One dataset scan per schema version (:func:`read_files`), so that tens of thousands of task
+    files read in seconds."""
     schema = TABLES[table]
     unknown = [c for c in columns or () if c not in schema.names]
     if unknown:
         raise KeyError(f"{table} has no column(s) {unknown}")
+    return read_files(table_files(out, table), schema, columns, filter)
+
+
+def read_files(files: list[Path], schema: pa.Schema, columns: list[str] | None = None, filter=None) -> pa.Table:
+    """The rows of Parquet ``files`` in ``schema`` (``columns`` of it; those matching ``filter``), in
+    the order of ``files``: what :func:`read_files_one_by_one` gives, read as one dataset scan per
+    physical schema (the files of one version of the code share theirs).
+
+    The files are grouped by their schema, read from their footers only. In a group whose
+    columns have the current names and types the scan reads only the columns asked for and
+    applies ``filter`` as it reads; a group of an older version that lacks a column the filter
+    uses is read whole, conformed (``records.schema.conform``), then filtered. A scan of a dataset
+    made from a list of files returns their rows in that order (pyarrow's dataset guide); groups
+    are interleaved back into it by each row's file."""
+    wanted = pa.schema([schema.field(c) for c in columns]) if columns else schema
+    if not files:
+        return wanted.empty_table()
+    dataset = ds.dataset([str(f) for f in files], format="parquet")
+    fragments = list(dataset.get_fragments())  # in the order of files
+    groups: dict[pa.Schema, list[int]] = {}
+    for i, fragment in enumerate(fragments):
+        groups.setdefault(fragment.physical_schema.remove_metadata(), []).append(i)
+    several = len(groups) > 1
+    parts, files_of_rows = [], []
+    for physical, members in groups.items():
+        part, local = _scan_group(dataset, [fragments[i] for i in members], physical, schema, wanted, filter,
+                                  order=several)
+        parts.append(part)
+        if several:
+            files_of_rows.append(np.asarray(members, dtype=np.int64)[local])
+    if not several:
+        return parts[0]
+    whole = pa.concat_tables(parts)
+    index = np.concatenate(files_of_rows)
+    if len(index) > 1 and not (index[1:] >= index[:-1]).all():
+        whole = whole.take(np.argsort(index, kind="stable"))  # stable: a file's rows keep their order
+    return whole
+
+
+def _physical_name(name: str, physical: pa.Schema) -> str | None:
+    """The name column ``name`` has in files of schema ``physical`` (an old name, see
+    ``RENAMED_COLUMNS``), or None where they lack it."""
+    if name in physical.names:
+        return name
+    return next((old for old, new in RENAMED_COLUMNS.items() if new == name and old in physical.names), None)
+
+
+def _scan_group(dataset, fragments, physical: pa.Schema, schema: pa.Schema, wanted: pa.Schema, filter, *,
+                order: bool):
+    """One scan of ``fragments`` (files of schema ``physical``): the rows in ``wanted``, and with
+    ``order`` each row's fragment (an index into ``fragments``, numpy), else None."""
+    group = ds.FileSystemDataset(fragments, schema=physical, format=dataset.format, filesystem=dataset.filesystem)
+    pushed = filter is None or _filter_applies(fragments, physical, schema, filter, dataset)
+    target = wanted if pushed else schema
+    read = [p for p in (_physical_name(c, physical) for c in target.names) if p is not None]
+    # where a filter applies as it reads, how many rows each file gives is known only from the scan:
+    # it says (its own column; it slows the scan, so only then)
+    tagged = order and pushed and filter is not None
+    scanned = group.to_table(columns=read + ["__fragment_index"] * tagged, filter=filter if pushed else None)
+    local = None
+    if tagged:
+        local = scanned.column("__fragment_index").to_numpy()
+        scanned = scanned.drop_columns(["__fragment_index"])
+    elif order:
+        local = np.repeat(np.arange(len(fragments)), [f.metadata.num_rows for f in fragments])
+    part = conform(scanned, target)
+    if not pushed:  # the filter on the conformed rows: a column the files lack at its default, as it reads
+        part = part.append_column("__row", pa.array(np.arange(part.num_rows))).filter(filter)
+        if local is not None:
+            local = local[part.column("__row").to_numpy()]
+        part = part.select(wanted.names)
+    return part, local
+
+
+def _filter_applies(fragments, physical: pa.Schema, schema: pa.Schema, filter, dataset) -> bool:
+    """Whether ``filter`` uses only columns the files of ``physical`` hold under their current name
+    and type (then it can be applied as they are read): pyarrow refuses to bind it otherwise."""
+    same = pa.schema([f for f in physical if f.name in schema.names and schema.field(f.name).type == f.type])
+    try:
+        ds.FileSystemDataset(fragments[:1], schema=same, format=dataset.format,
+                             filesystem=dataset.filesystem).scanner(columns=[], filter=filter)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return False
+    return True
+
+
+def read_files_one_by_one(files: list[Path], schema: pa.Schema, columns: list[str] | None = None,
+                          filter=None) -> pa.Table:
+    """The reference route of :func:`read_files`: each file read whole, conformed, filtered, then
+    concatenated (slow at thousands of files; the tests and ``benchmarks/bench_read.py`` compare)."""
     parts = []
-    for f in table_files(out, table):
+    for f in files:
         part = conform(pq.read_table(f), schema)
         parts.append(part.filter(filter) if filter is not None else part)
     whole = pa.concat_tables(parts) if parts else schema.empty_table()
@@ -180,7 +276,7 @@ def done_run_ids(out: Path) -> set[str]:
     configuration, so that rows written under an older id rule are recognised; failed rows are
     not done)."""
     rows = read_table(out, "runs", [*CELL_COLUMNS, *TRAINING_COLUMNS], filter=TRAINED).to_pylist()
-    return {run_id_of_record(r) for r in rows}
+    return set(run_ids_of_records(rows))
 
 
 def archive(out: Path) -> Path | None:
@@ -215,7 +311,7 @@ def compact(out: Path) -> dict[str, int]:
     journal = out / COMPACT_JOURNAL
     journal.write_text(json.dumps(dict(target=name, sources=sources)))
     for t in ("curves", "runs"):  # curves first, as for a task: a runs row never without its curves
-        merged = pa.concat_tables([conform(pq.read_table(out / t / f), TABLES[t]) for f in sources[t]])
+        merged = read_files([out / t / f for f in sources[t]], TABLES[t])
         atomic_write(merged, out / t / name, compression="zstd")
     _finish_compaction(out, json.loads(journal.read_text()))
     return {t: len(v) for t, v in sources.items()}

@@ -22,11 +22,11 @@ import contextlib
 import numpy as np
 import torch
 
+from .late import LateState
+from .late import summarise as summarise_late
 from .network import Params, check_compatible
 from .ntk import expand_kernel
 from .ntk import lambda_star as _lambda_star
-from .late import LateState
-from .late import summarise as summarise_late
 from .patterns import signed_pattern
 from .problem import Problem
 from .record import CURVE_FIELDS, NUMPY_TYPE, SUMMARY_FIELDS, TrainResult

@@ -208,8 +208,59 @@ def _random_unit(num: int, d: int, gen: torch.Generator) -> torch.Tensor:
     return z / z.norm(dim=1, keepdim=True)
 
 
+PLACEMENT_CANDIDATES, PLACEMENT_TRIES = 1024, 12  # random candidates per try, tries per point
+
+
+def cap_share_bound(delta: float, d: int) -> float:
+    """An upper bound on the share of the unit sphere in ``R^d`` within distance ``delta`` of a point.
+
+    The cap of angle ``theta = 2 asin(delta/2)`` has share ``int_0^theta sin^(d-2) / int_0^pi
+    sin^(d-2)``; for ``theta <= pi/2`` the integrand is at most ``sin^(d-2)(theta)``, and the
+    denominator is ``sqrt(pi) Gamma((d-1)/2) / Gamma(d/2)``.
+
+    Args:
+        delta: the distance (chord), ``<= sqrt(2)`` for a bound below 1.
+        d: the dimension, ``>= 2``.
+
+    Returns:
+        The bound (1 where ``theta > pi/2``).
+    """
+    theta = 2 * math.asin(min(delta / 2, 1.0))
+    if theta > math.pi / 2 or d < 2:
+        return 1.0
+    if theta == 0:
+        return 0.0
+    return min(1.0, math.exp(math.log(theta) + (d - 2) * math.log(math.sin(theta)) + math.lgamma(d / 2)
+                             - 0.5 * math.log(math.pi) - math.lgamma((d - 1) / 2)))
+
+
+def placement_failure_bound(n: int, d: int, delta: float, *, bias: bool) -> float:
+    """An upper bound on the probability that :func:`make_problem` finds no placement (raises).
+
+    A candidate is rejected when it lies within ``delta`` of a placed point (or, without bias,
+    of its antipode): at most ``(n-1)`` caps (twice that without bias) of :func:`cap_share_bound`.
+    A point fails when all its ``PLACEMENT_TRIES * PLACEMENT_CANDIDATES`` candidates are
+    rejected; a union bound over the points gives the bound.
+
+    Args:
+        n, d: points and dimension.
+        delta: the separation.
+        bias: which separation (as for :func:`separation`).
+
+    Returns:
+        The bound, in [0, 1].
+    """
+    reject = min(1.0, (n - 1) * (1 if bias else 2) * cap_share_bound(delta, d))
+    if reject >= 1.0:
+        return 1.0
+    if reject == 0.0:
+        return 0.0
+    return min(1.0, math.exp(math.log(n) + PLACEMENT_TRIES * PLACEMENT_CANDIDATES * math.log(reject)))
+
+
 def _place_points(n: int, d: int, delta: float, bias: bool, gen: torch.Generator,
-                  candidates: int = 1024, tries_per_point: int = 12) -> torch.Tensor | None:
+                  candidates: int = PLACEMENT_CANDIDATES,
+                  tries_per_point: int = PLACEMENT_TRIES) -> torch.Tensor | None:
     """A planted pair at exactly ``delta``, then uniform points kept only when farther
     than ``delta`` from every placed point; ``None`` when the budget runs out."""
     x1 = _random_unit(1, d, gen)[0]

@@ -3,8 +3,7 @@ import pandas as pd
 import pytest
 from scipy import optimize, stats
 
-from analysis.floorlaw import (beside_thresholds, fit_floor_law, hierarchical_weights, m_star_from_floor_law,
-                               tobit_batch)
+from analysis.floorlaw import beside_thresholds, fit_floor_law, hierarchical_weights, m_star_from_floor_law, tobit_batch
 from tests.analysis_synth import planted_floor_runs
 
 LAW = {"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}

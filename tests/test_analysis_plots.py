@@ -8,9 +8,19 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
 from analysis.fits import fit_exponents  # noqa: E402
-from analysis.plots import (anchored_power_law, censor_legend_handles, exponent_table, fitted_power_law,  # noqa: E402
-                            interval_text, logistic_plot_table, plot_ratio, plot_success_heatmap, plot_thresholds,
-                            plot_width_medians, threshold_labels)
+from analysis.plots import (  # noqa: E402
+    anchored_power_law,
+    censor_legend_handles,
+    exponent_table,
+    fitted_power_law,
+    interval_text,
+    logistic_plot_table,
+    plot_ratio,
+    plot_success_heatmap,
+    plot_thresholds,
+    plot_width_medians,
+    threshold_labels,
+)
 from analysis.thresholds import ABOVE, BELOW, NOT_CENSORED  # noqa: E402
 from tests.analysis_synth import TOL  # noqa: E402
 

@@ -8,7 +8,6 @@ from scipy import stats
 
 from analysis.predict import predict_width
 from analysis.report import (
-    check_lazy_law,
     FILES,
     HORIZONS_COLUMNS,
     MECHANISM_COLUMNS,
@@ -18,6 +17,7 @@ from analysis.report import (
     WIDTHS_COLUMNS,
     ReportSettings,
     StaleReportError,
+    check_lazy_law,
     has_report,
     mechanism_table,
     part_at_horizon,

@@ -2,11 +2,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis.judging import UnjudgeableToleranceError
 from analysis.load import MissingColumnError
 from analysis.stats import wilson_interval
-from analysis.judging import UnjudgeableToleranceError
-from analysis.success import (interpolation_success, regime_success, run_success,
-                              success_rates)
+from analysis.success import interpolation_success, regime_success, run_success, success_rates
 from tests.analysis_synth import complete_curves, complete_runs
 
 LAMBDA_STAR = 0.2

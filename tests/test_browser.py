@@ -16,10 +16,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 
 from pipeline.driver import run_sweep
 from pipeline.tracking import chart_link
-from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 
 BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium binary (apt-get install chromium)")

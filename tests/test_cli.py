@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import free_port, tiny_dict, write_yaml
 
 import sobolev
 from pipeline.config import ConfigError, load_config, parse_config
-from pipeline_helpers import free_port, tiny_dict, write_yaml
 
 SECRET = "pa55-w0rd-in-a-uri"  # must never be printed
 
@@ -115,15 +115,20 @@ def test_dry_run_estimates_once_per_machine_and_runs_nothing(tmp_path):
     argv = [sys.executable, "-m", "pipeline", "run", cfg, "--out", str(tmp_path / "out"), "--dry-run"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert "8 cells x 3 seeds = 24 runs" in proc.stdout
-    assert "tasks: 16" in proc.stdout and "task time: up to about" in proc.stdout
+    assert "8 cells x 1 data seeds x 1 training setting(s) x 3 seeds = 24 runs" in proc.stdout
+    assert "tasks: 16" in proc.stdout and "this machine: up to about" in proc.stdout
     assert "error on a held-out shape" in proc.stdout
-    assert "wall clock here" in proc.stdout and "on G GPUs (2 task(s) per GPU)" in proc.stdout
+    assert "GPUs (2 task(s) per GPU" in proc.stdout and "  H100 " in proc.stdout
     cache = tmp_path / "cache" / "calibration.json"
     calibrated = cache.read_text()
     again = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
     assert again.returncode == 0 and cache.read_text() == calibrated  # not timed again
-    assert again.stdout.splitlines()[3].split(" (")[0] == proc.stdout.splitlines()[3].split(" (")[0]  # same time
+
+    def machine(text):
+        return next(line for line in text.splitlines() if line.startswith("this machine")).split(" (")[0]
+
+    assert machine(again.stdout) == machine(proc.stdout)  # the same time: the same calibration and spectra
+    assert "4 exact (4 cached, 0 measured now" in again.stdout
     assert not (tmp_path / "out").exists() and not (tmp_path / "mlflow.db").exists()
 
 
@@ -165,8 +170,8 @@ def test_help_version_every_option_explained():
 @pytest.mark.slow  # the status and search CLIs in subprocesses
 def test_status_per_cell_and_search_dry_run(tmp_path):
     from pipeline.grid import plan
-    from records.tables import prepare, write_task
     from pipeline.task import execute
+    from records.tables import prepare, write_task
 
     data = tiny_dict(grid=dict(n=[4], m=[16, 32], bias=[False]),
                      search=dict(m_min=16, m_max=64, extra_seeds=2))
@@ -189,8 +194,9 @@ def test_status_per_cell_and_search_dry_run(tmp_path):
                           "--dry-run"], capture_output=True, text=True, timeout=300, env=env)
     assert dry.returncode == 0, dry.stderr
     # every width of the ladder 16, 32, 64 for 3 seeds + 2 extra: an upper bound on the search's runs
-    assert "search: at most every width" in dry.stdout and "1 cells x 5 seeds" not in dry.stdout
-    assert "3 cells x 5 seeds = 15 runs" in dry.stdout and not (tmp_path / "s").exists()
+    assert "search: at most every width" in dry.stdout and "1 cells x" not in dry.stdout
+    assert "3 cells x 1 data seeds x 1 training setting(s) x 5 seeds = 15 runs" in dry.stdout
+    assert not (tmp_path / "s").exists()
 
 
 def test_progress_weights_follow_measured_task_times():

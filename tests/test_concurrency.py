@@ -17,14 +17,13 @@ import time
 from pathlib import Path
 
 import pytest
-from test_reliability import (DEADLINE, check_once, cli_env, kill_group, run_argv, start_mlflow_server, sweep,
-                              trained)
+from pipeline_helpers import free_port, mlflow_children
+from test_reliability import DEADLINE, check_once, cli_env, kill_group, run_argv, start_mlflow_server, sweep, trained
 
 from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
 from pipeline.logqueue import CLOCK_SKEW_MS, Guard, degrade_after_s, open_tracker
 from pipeline.task import execute
 from pipeline.tracking import Tracker
-from pipeline_helpers import free_port, mlflow_children
 
 HOLD = r"""
 import select, sys, time
@@ -339,7 +338,8 @@ def test_hanging_tracking_server_degrades_in_bounded_time_then_sync_fills(tmp_pa
 @pytest.mark.slow  # the GPU check script: benchmarks and a CLI sweep
 def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
     """benchmarks/gpu_check.sh with GPU_CHECK_DEVICE=cpu: the benchmarks (arguments parsed only), a tiny
-    sweep through the CLI with replicas auto, and the memory model, in its one table."""
+    sweep through the CLI with replicas auto, the memory model, and the study's four kinds of task
+    (small shapes) with an eigvalsh and an eigh, in its one table."""
     _, cfg_path, ids = sweep(tmp_path, "gpucheck", grid=dict(n=[4], m=[16], bias=[False]), seeds=dict(init=2))
     root = Path(__file__).resolve().parents[1]
     env = cli_env(tmp_path, GPU_CHECK_DEVICE="cpu", GPU_CHECK_QUICK=1, GPU_CHECK_CONFIG=cfg_path,
@@ -352,6 +352,9 @@ def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path):
     assert names[:2] == ["bench_step", "bench_loop"], p.stdout
     assert any(n.startswith(f"sweep gpucheck: {len(ids)} runs") for n in names), p.stdout
     assert sum(n.startswith("memory ") for n in names) == 3, p.stdout
+    kinds = [n.split(":")[0] for n in names if n.startswith("study ")]
+    assert kinds == ["study L2 k=0", "study Sobolev k=4", "study bias k=4", "study frozen control k=4",
+                     "study eigvalsh N=64 float64", "study eigh N=64 float64"], p.stdout
     assert all("| ok" in r or "model " in r for r in rows), p.stdout
 
 

@@ -1,8 +1,8 @@
 import pydantic
 import pytest
+from pipeline_helpers import tiny_dict, write_yaml
 
 from pipeline.config import ConfigError, eval_d, load_config, parse_config
-from pipeline_helpers import tiny_dict, write_yaml
 
 
 def test_tiny_config_is_valid_and_frozen():

@@ -4,12 +4,11 @@ the same instances and seeds, into Parquet and MLflow, and the analysis reads it
 
 import numpy as np
 import pytest
+from pipeline_helpers import mlflow_children, tiny_config
 
 from analysis import control_comparison, criteria, load_results, run_success
 from pipeline.driver import run_sweep
 from pipeline.grid import plan
-from pipeline_helpers import mlflow_children, tiny_config
-
 
 pytestmark = pytest.mark.slow  # a sweep of every control on a local Ray, into MLflow
 

@@ -9,14 +9,14 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+import tomllib
+from pipeline_helpers import mlflow_children, start_head, stop_cluster, tiny_config, tiny_dict, write_yaml
 
 from pipeline.grid import plan
-from pipeline_helpers import mlflow_children, start_head, stop_cluster, tiny_config, tiny_dict, write_yaml
 from records.tables import read_table
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,11 +6,11 @@ import json
 import os
 
 import pytest
+from pipeline_helpers import tiny_config
 
 from pipeline.destinations import check_job_destinations, check_output_dir, check_submittable, job_working_dir
 from pipeline.errors import SetupError
 from pipeline.options import RunOptions
-from pipeline_helpers import tiny_config
 
 
 def test_submit_needs_an_absolute_output_and_a_named_store(tmp_path):

@@ -19,17 +19,25 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import mlflow_children, tiny_config
+from test_reliability import DEADLINE, check_once, cli_env, run_argv, sweep, trained
 
 from pipeline.driver import Progress
 from pipeline.errors import DISK_FULL_EXIT, DiskFull, is_disk_full
-from pipeline.estimate import run_steps
-from pipeline.faults import (LIMIT_FACTOR, LIMIT_FLOOR_S, OUT_OF_MEMORY, TIME_LIMIT, TaskTimeLimit, task_fault, time_limit,
-                             time_limit_s)
+from pipeline.estimate import run_steps, task_seconds
+from pipeline.faults import (
+    LIMIT_FACTOR,
+    LIMIT_FLOOR_S,
+    OUT_OF_MEMORY,
+    TIME_LIMIT,
+    TaskTimeLimit,
+    task_fault,
+    time_limit,
+    time_limit_s,
+)
 from pipeline.grid import plan
-from pipeline_helpers import mlflow_children, tiny_config
 from records.schema import FAILED
 from records.tables import read_table
-from test_reliability import DEADLINE, check_once, cli_env, run_argv, sweep, trained
 
 MiB = 2**20
 
@@ -68,7 +76,9 @@ def test_time_limit_derived_from_the_estimate_unless_given():
     task = plan(cfg)[0][0]
     assert time_limit_s(cfg, task) >= LIMIT_FLOOR_S
     steps = run_steps(task.cell, task.train)  # a step costing 100 s: the limit is LIMIT_FACTOR times the task's
-    assert time_limit_s(cfg, task, cal=dict(a=100.0, b=0.0, task=0.0)) == LIMIT_FACTOR * 100.0 * steps > LIMIT_FLOOR_S
+    cal = dict(a=100.0, b=0.0, task=0.0, eig=0.0)
+    limit = time_limit_s(cfg, task, cal=cal)
+    assert limit == LIMIT_FACTOR * task_seconds(cfg, task, cal) >= LIMIT_FACTOR * 100.0 * steps > LIMIT_FLOOR_S
     assert time_limit_s(cfg, task, 7.5) == 7.5
     assert time_limit_s(tiny_config(resources=dict(task_timeout_s=42)), task) == 42.0
 

@@ -4,13 +4,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import RTOL
 
 from sobolev import TrainConfig, init_params, make_problem, train
 from sobolev import fused as kernels  # the numba kernels of the fused route (local names "fused" are results)
 from sobolev.fused import FusedReluPatterns
 from sobolev.patterns import ReluPatterns, signed_pattern
 from sobolev.rules import pattern_rule
-from conftest import RTOL
 from sobolev.state import Data
 
 

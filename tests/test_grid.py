@@ -1,8 +1,9 @@
 import subprocess
 import sys
 
-from pipeline.grid import cells, plan
 from pipeline_helpers import tiny_config
+
+from pipeline.grid import cells, plan
 from records.identity import run_id, run_id_of_record
 
 

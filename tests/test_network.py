@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-
 from conftest import RTOL
+
 from sobolev import Params, forward, init_params, loss_and_grad, make_problem
 from sobolev.problem import alpha_beta
 

@@ -3,8 +3,8 @@ import math
 import mpmath
 import pytest
 import torch
-
 from conftest import RTOL
+
 from sobolev import Problem, gram, gram_infinite, init_params, lambda_star, make_problem
 from sobolev.ntk import arccos_kernel
 from sobolev.problem import alpha_beta, effective_data

@@ -6,11 +6,11 @@ import math
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import tiny_config
 
 from pipeline.driver import run_sweep
 from pipeline.errors import SetupError, TrackingError
 from pipeline.options import RunOptions, options_of
-from pipeline_helpers import tiny_config
 
 
 @pytest.mark.parametrize("field, value, words", [

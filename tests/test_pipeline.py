@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
+from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 
 from pipeline.driver import run_sweep
 from pipeline.grid import plan
 from pipeline.tracking import PARAM_FIELDS
-from pipeline_helpers import free_port, mlflow_children, tiny_config, wait_http
 from records.schema import CURVES_SCHEMA, RUNS_SCHEMA
 from records.tables import read_table
 

@@ -141,3 +141,33 @@ def test_to_a_higher_precision_is_refused_with_the_fix():
         train(init_params(1, 8, 5, seeds=0), p32, TrainConfig(dtype="float64", max_steps=2))
     p64 = make_problem(6, 5, 2, 0.5, seed=0, dtype=torch.float64)
     assert torch.equal(p64.to(dtype=torch.float32).x, p32.x)  # down is a plain cast
+
+
+@pytest.mark.parametrize("d,delta", [(3, 0.5), (3, 1.2), (6, 0.4), (6, 1.0), (12, 0.9), (32, 1.3)])
+def test_cap_share_bound_is_above_monte_carlo(d, delta):
+    """The cap share bound against Monte Carlo: uniform points on the sphere (a million) within
+    ``delta`` of a pole, with a 5-sigma allowance for the sampling error."""
+    from sobolev.problem import cap_share_bound
+
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(10**6, d, generator=gen, dtype=torch.float64)
+    share = ((z / z.norm(dim=1, keepdim=True) - torch.eye(d, dtype=torch.float64)[0]).norm(dim=1) <= delta)
+    p = share.double().mean().item()
+    assert cap_share_bound(delta, d) >= p - 5 * math.sqrt(max(p, 1e-6) / 10**6)
+    assert cap_share_bound(delta, d) <= max(10 * p, 1e-5) or d == 3  # not vacuous
+
+
+def test_placement_failure_bound_is_tiny_only_where_placement_never_fails(bias):
+    """Where random placement gives up (make_problem raises), the bound does not claim it cannot;
+    where the bound is below 1e-30, placement succeeds for every seed tried."""
+    from sobolev.problem import placement_failure_bound
+
+    for n, d, delta in [(20, 3, 0.81), (40, 4, 0.867), (20, 5, 1.043)] if not bias else \
+            [(20, 3, 0.99), (40, 4, 1.202), (20, 5, 1.344)]:
+        with pytest.raises(ValueError, match="could not place"):
+            make_problem(n, d, 1, delta, bias=bias, seed=0)
+        assert placement_failure_bound(n, d, delta, bias=bias) == 1.0
+    for n, d, delta in [(64, 32, 0.5), (16, 6, 0.5), (256, 32, 0.25), (8, 8, 0.6)]:
+        assert placement_failure_bound(n, d, delta, bias=bias) < 1e-30
+        for seed in range(3):
+            make_problem(n, d, 1, delta, bias=bias, seed=seed)

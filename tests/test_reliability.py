@@ -25,13 +25,13 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import free_port, mlflow_children, tiny_dict, wait_http, write_yaml
 
 from pipeline.config import parse_config
 from pipeline.driver import run_sweep
 from pipeline.grid import plan
 from pipeline.task import execute
 from pipeline.tracking import PARAM_FIELDS, Tracker
-from pipeline_helpers import free_port, mlflow_children, tiny_dict, wait_http, write_yaml
 from records.schema import TABLES
 from records.tables import done_run_ids, prepare, read_table, write_task
 

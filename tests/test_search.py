@@ -6,13 +6,12 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from pipeline_helpers import tiny_config
 
 from analysis import load_results, run_success, success_rates, thresholds
 from pipeline.driver import run_sweep
 from pipeline.search import run_search
-from pipeline_helpers import tiny_config
 from records.tables import read_table
-
 
 pytestmark = pytest.mark.slow  # a search and a grid on a local Ray
 

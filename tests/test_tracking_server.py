@@ -12,13 +12,13 @@ import sys
 import threading
 
 import pytest
+from pipeline_helpers import mlflow_children
 from test_reliability import DEADLINE, check_once, cli_env, sweep
 
 from pipeline.config import CURVE_POINTS
 from pipeline.logqueue import open_tracker
-from records.tables import read_table
 from pipeline.task import execute
-from pipeline_helpers import mlflow_children
+from records.tables import read_table
 
 pytestmark = pytest.mark.slow
 

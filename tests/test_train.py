@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sobolev import Params, TrainConfig, forward, gram, init_params, lambda_star, loss_and_grad, make_problem, train
-from sobolev.problem import effective_data
 from sobolev.patterns import PATTERN_RULES
+from sobolev.problem import effective_data
 from sobolev.record import CURVE_FIELDS, SUMMARY_FIELDS
 from sobolev.settings import MODES, checkpoint_steps, train_config_fields
 from sobolev.step import Workspace
