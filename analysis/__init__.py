@@ -33,82 +33,23 @@ from .fits import fit_exponents
 from .floorlaw import beside_thresholds, fit_floor_law, floor_group_columns, m_star_from_floor_law
 from .judging import UnjudgeableToleranceError, check_judgeable
 from .known import KNOWN_LAWS, known_laws
-from .load import (
-                   CURVE_COLUMNS,
-                   DEFAULT_COLUMNS,
-                   RUN_COLUMNS,
-                   Results,
-                   curve_columns,
-                   load_curves,
-                   load_results,
-                   load_runs,
-                   run_columns,
-)
+from .load import (CURVE_COLUMNS, DEFAULT_COLUMNS, RUN_COLUMNS, Results, curve_columns, load_curves, load_results,
+                   load_runs, run_columns)
 from .mechanism import Mechanism, fit_mechanism, plot_mechanism
 from .predict import StudiedDomain, WidthPrediction, predict_width
 from .scaling import loglog_slopes, loss_floor, rate_vs_theory, width_medians
 from .sensitivity import floor_exponents, sensitivity_summary, sensitivity_table
 from .stats import cluster_percentile_interval, firth_logistic, logistic_crossing, loglog_slope, ols, wilson_interval
-from .success import (
-                   Criterion,
-                   criteria,
-                   criterion,
-                   declared_columns,
-                   interpolation_success,
-                   regime_success,
-                   register,
-                   run_success,
-                   settled_both_success,
-                   settled_success,
-                   success_rates,
-                   timed_criteria,
-)
+from .success import (Criterion, criteria, criterion, declared_columns, interpolation_success, regime_success, register,
+                      run_success, settled_both_success, settled_success, success_rates, timed_criteria)
 from .survival import convergence_times, plot_survival, survival_table
-from .thresholds import (
-                   ABOVE,
-                   BELOW,
-                   NOT_CENSORED,
-                   UNDEFINED,
-                   bootstrap_threshold,
-                   grid_threshold,
-                   instance_thresholds,
-                   logistic_threshold,
-                   theory_gap,
-                   thresholds,
-)
-from .timed import (
-                   T_TO_EPS,
-                   budget_horizon,
-                   conv_success,
-                   drift_until,
-                   late_rate_at,
-                   lazy_success,
-                   observed_through,
-                   parse_horizon,
-                   rate_soft_success,
-                   rate_success,
-                   reached_by,
-                   stop_time,
-                   t_to_column,
-                   time_to,
-                   timed_name,
-)
-from .widths import (
-                   LAWS_COLUMNS,
-                   QUANTITIES,
-                   HorizonChoice,
-                   drift_law,
-                   drift_ratios,
-                   horizon_table,
-                   laws_table,
-                   lazy_from_drift,
-                   mark_moves,
-                   read_laws,
-                   study_horizon,
-                   width_thresholds,
-                   widths_table,
-                   write_laws,
-)
+from .thresholds import (ABOVE, BELOW, NOT_CENSORED, UNDEFINED, bootstrap_threshold, grid_threshold,
+                         instance_thresholds, logistic_threshold, theory_gap, thresholds)
+from .timed import (T_TO_EPS, budget_horizon, conv_success, drift_until, late_rate_at, lazy_success, observed_through,
+                    parse_horizon, rate_soft_success, rate_success, reached_by, stop_time, t_to_column, time_to,
+                    timed_name)
+from .widths import (LAWS_COLUMNS, QUANTITIES, HorizonChoice, drift_law, drift_ratios, horizon_table, laws_table,
+                     lazy_from_drift, mark_moves, read_laws, study_horizon, width_thresholds, widths_table, write_laws)
 
 __all__ = [
     "CELL_KEYS", "CONFIDENCE", "EPS_GRID", "N_BOOT", "THEORY_EXPONENTS", "Criterion", "criteria", "criterion",

@@ -57,21 +57,8 @@ from .mechanism import EXPECTED, fit_mechanism
 from .success import run_success, success_rates
 from .survival import SURVIVAL_COLUMNS, survival_table
 from .timed import TIME_SLACK, budget_horizon, observed_through, time_to, timed_name
-from .widths import (
-    DEFAULT_EPS,
-    DRIFT,
-    HORIZON_COLUMNS,
-    LAWS_COLUMNS,
-    LAWS_FILE,
-    WIDTH_COLUMNS,
-    drift_law,
-    laws_table,
-    mark_moves,
-    read_laws,
-    study_horizon,
-    widths_table,
-    write_laws,
-)
+from .widths import (DEFAULT_EPS, DRIFT, HORIZON_COLUMNS, LAWS_COLUMNS, LAWS_FILE, WIDTH_COLUMNS, drift_law, laws_table,
+                     mark_moves, read_laws, study_horizon, widths_table, write_laws)
 
 SUBSETS = ("main", "long", "drift", "step", "bias")
 RATE_QUANTITIES = ("conv", "rate", "rate_soft")

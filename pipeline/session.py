@@ -22,17 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from records.tables import (
-    archive,
-    check_manifest,
-    done_run_ids,
-    prepare,
-    quarantine_corrupt,
-    recover_compaction,
-    supersede_failed,
-    write_failed,
-    write_task,
-)
+from records.tables import (archive, check_manifest, done_run_ids, prepare, quarantine_corrupt, recover_compaction,
+                            supersede_failed, write_failed, write_task)
 
 from .config import SweepConfig
 from .destinations import check_job_destinations, check_output_dir, job_working_dir, uri_path

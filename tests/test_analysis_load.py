@@ -6,26 +6,12 @@ import pytest
 
 from analysis import success as success_module
 from analysis.fits import fit_exponents
-from analysis.load import (
-    CURVE_COLUMNS,
-    RUN_COLUMNS,
-    MissingColumnError,
-    curve_columns,
-    load_curves,
-    load_results,
-    load_runs,
-    run_columns,
-)
+from analysis.load import (CURVE_COLUMNS, RUN_COLUMNS, MissingColumnError, curve_columns, load_curves, load_results,
+                           load_runs, run_columns)
 from analysis.success import criteria, declared_columns, run_success, success_rates
 from analysis.thresholds import theory_gap, thresholds
-from records.schema import (
-    CELL_COLUMNS,
-    CURVES_SCHEMA,
-    IDENTITY_COLUMNS,
-    INSTANCE_COLUMNS,
-    PROVENANCE_COLUMNS,
-    TRAINING_COLUMNS,
-)
+from records.schema import (CELL_COLUMNS, CURVES_SCHEMA, IDENTITY_COLUMNS, INSTANCE_COLUMNS, PROVENANCE_COLUMNS,
+                            TRAINING_COLUMNS)
 from records.schema import RUNS_SCHEMA as RUN_SCHEMA
 from sobolev.record import SUMMARY_FIELDS
 from tests.analysis_synth import complete_curves, floor_curves, planted_floor_runs, planted_runs, write_results

@@ -7,29 +7,10 @@ import pytest
 from scipy import stats
 
 from analysis.predict import predict_width
-from analysis.report import (
-    FILES,
-    HORIZONS_COLUMNS,
-    MECHANISM_COLUMNS,
-    NOT_OBSERVED,
-    STEP_COLUMNS,
-    SURVIVAL_CSV_COLUMNS,
-    WIDTHS_COLUMNS,
-    ReportSettings,
-    StaleReportError,
-    check_lazy_law,
-    has_report,
-    mechanism_table,
-    part_at_horizon,
-    pool_through,
-    read_report,
-    report_results,
-    runs_fingerprint,
-    split_study,
-    study_report,
-    trajectory_keys,
-    write_report,
-)
+from analysis.report import (FILES, HORIZONS_COLUMNS, MECHANISM_COLUMNS, NOT_OBSERVED, STEP_COLUMNS,
+                             SURVIVAL_CSV_COLUMNS, WIDTHS_COLUMNS, ReportSettings, StaleReportError, check_lazy_law,
+                             has_report, mechanism_table, part_at_horizon, pool_through, read_report, report_results,
+                             runs_fingerprint, split_study, study_report, trajectory_keys, write_report)
 from analysis.survival import survival_table
 from analysis.timed import t_to_columns, time_to
 from analysis.widths import LAWS_COLUMNS, horizon_table, read_laws, study_horizon, width_thresholds

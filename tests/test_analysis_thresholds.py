@@ -4,16 +4,8 @@ import pytest
 from scipy import optimize
 
 from analysis.success import run_success, success_rates
-from analysis.thresholds import (
-    ABOVE,
-    BELOW,
-    NOT_CENSORED,
-    grid_threshold,
-    instance_thresholds,
-    logistic_threshold,
-    theory_gap,
-    thresholds,
-)
+from analysis.thresholds import (ABOVE, BELOW, NOT_CENSORED, grid_threshold, instance_thresholds, logistic_threshold,
+                                 theory_gap, thresholds)
 from tests.analysis_synth import TOL, complete_runs, planted_cell, planted_runs, success_probability
 
 DELTA_FAIL = 0.1

@@ -3,18 +3,8 @@ import pandas as pd
 import pytest
 
 from analysis.success import criteria, criterion, run_success, timed_criteria
-from analysis.timed import (
-    conv_success,
-    drift_until,
-    late_rate_at,
-    lazy_success,
-    parse_horizon,
-    rate_soft_success,
-    rate_success,
-    t_to_column,
-    time_to,
-    timed_name,
-)
+from analysis.timed import (conv_success, drift_until, late_rate_at, lazy_success, parse_horizon, rate_soft_success,
+                            rate_success, t_to_column, time_to, timed_name)
 from tests.answer_synth import complete_answer_curves, complete_answer_runs
 
 LAM = 0.05  # lambda_*: absolute times are (1/lambda_*) / LAM

@@ -4,18 +4,8 @@ import pytest
 from scipy import special, stats
 
 from analysis.defaults import ABOVE, BELOW, NOT_CENSORED
-from analysis.widths import (
-    LAWS_COLUMNS,
-    drift_law,
-    horizon_table,
-    laws_table,
-    mark_moves,
-    read_laws,
-    study_horizon,
-    width_thresholds,
-    widths_table,
-    write_laws,
-)
+from analysis.widths import (LAWS_COLUMNS, drift_law, horizon_table, laws_table, mark_moves, read_laws, study_horizon,
+                             width_thresholds, widths_table, write_laws)
 from tests.answer_synth import TARGET, conv_probability, m_star_at, planted_curves, planted_study, pooled_crossing
 
 SLOPE, A, T0, TAU = 3.0, 30.0, 8.0, 0.15

@@ -16,17 +16,8 @@ from pipeline_helpers import tiny_dict
 from scipy.stats import spearmanr
 
 from pipeline.config import load_config, parse_config
-from pipeline.estimate import (
-    DEFAULT,
-    GPUS,
-    Instance,
-    Spectra,
-    bound_spectrum,
-    instance_of,
-    price,
-    run_steps,
-    task_seconds,
-)
+from pipeline.estimate import (DEFAULT, GPUS, Instance, Spectra, bound_spectrum, instance_of, price, run_steps,
+                               task_seconds)
 from pipeline.grid import cells, plan
 from sobolev import gram_infinite, lambda_star, make_problem
 

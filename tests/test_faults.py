@@ -25,16 +25,8 @@ from test_reliability import DEADLINE, check_once, cli_env, run_argv, sweep, tra
 from pipeline.driver import Progress
 from pipeline.errors import DISK_FULL_EXIT, DiskFull, is_disk_full
 from pipeline.estimate import run_steps, task_seconds
-from pipeline.faults import (
-    LIMIT_FACTOR,
-    LIMIT_FLOOR_S,
-    OUT_OF_MEMORY,
-    TIME_LIMIT,
-    TaskTimeLimit,
-    task_fault,
-    time_limit,
-    time_limit_s,
-)
+from pipeline.faults import (LIMIT_FACTOR, LIMIT_FLOOR_S, OUT_OF_MEMORY, TIME_LIMIT, TaskTimeLimit, task_fault,
+                             time_limit, time_limit_s)
 from pipeline.grid import plan
 from records.schema import FAILED
 from records.tables import read_table

@@ -10,17 +10,8 @@ from pipeline_helpers import mlflow_children, tiny_config
 
 from pipeline.config import CURVE_POINTS
 from pipeline.driver import run_sweep
-from pipeline.tracking import (
-    EXPERIMENT_KIND,
-    TrackingError,
-    auth_headers,
-    check_uri,
-    child_run_name,
-    child_times,
-    curve_rows,
-    redact,
-    runs_link,
-)
+from pipeline.tracking import (EXPERIMENT_KIND, TrackingError, auth_headers, check_uri, child_run_name, child_times,
+                               curve_rows, redact, runs_link)
 from records.tables import read_table
 
 
