@@ -111,6 +111,13 @@ def predict_width(n: float, k: int, delta: float, *, d: int, quantity: str = "co
                            index=False)})
         raise ValueError(f"{source} has no law for quantity={quantity!r}, method={method!r}, bias={bias}, {group}; "
                          f"it has {have}")
+    if "delta" in rows.columns and rows["delta"].notna().any():  # a law per separation: only at those
+        at = np.isclose(rows["delta"].astype(float), float(delta))
+        if not at.any():
+            fitted = ", ".join(f"{v:g}" for v in sorted(rows["delta"].dropna().unique()))
+            raise ValueError(f"delta={delta:g}: the {quantity} law of {source} ({method}) is fitted apart per "
+                             f"separation, at delta = {fitted} only; ask one of those")
+        rows = rows[at]
     first = rows.iloc[0]
     domain = StudiedDomain(n=(first["n_min"], first["n_max"]), k=(first["k_min"], first["k_max"]),
                            delta=(first["delta_min"], first["delta_max"]), d=first["d_min"],

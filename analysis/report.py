@@ -123,9 +123,9 @@ class ReportSettings:
             raise ValueError(f"drift_min_width={self.drift_min_width!r}: the smallest width the drift law is fitted "
                              f"over, an integer >= 1 (e.g. 1024)")
         object.__setattr__(self, "drift_by", tuple(self.drift_by))
-        if not set(self.drift_by) <= {"delta", "n", "k", "d"}:
-            raise ValueError(f"drift_by={self.drift_by}: the drift law can be fitted apart per cell column (delta, n, "
-                             f"k, d); name those")
+        if not set(self.drift_by) <= {"delta"}:
+            raise ValueError(f"drift_by={self.drift_by}: the drift law can be fitted apart per separation only "
+                             f"(laws.csv has a delta column, no other cell column): ('delta',) or ()")
         if not (np.isfinite(self.drift_horizon) and self.drift_horizon > 0):
             raise ValueError(f"drift_horizon={self.drift_horizon}: a positive flow time in units of 1/lambda_*")
         if not 0 < self.delta_fail < 1:
@@ -407,7 +407,7 @@ def drift_law_rows(law: pd.DataFrame | None, runs: pd.DataFrame, horizon: float)
     if law is None or law.empty:
         return pd.DataFrame(columns=LAWS_COLUMNS)
     rows = []
-    groups = [c for c in ("bias", K_GROUP) if c in law.columns]
+    groups = [c for c in ("bias", K_GROUP, "delta") if c in law.columns]
     data = add_k_group(runs)
     for key, g in law.groupby(groups, sort=True, dropna=False):
         key = dict(zip(groups, key if isinstance(key, tuple) else (key,)))

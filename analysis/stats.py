@@ -32,7 +32,8 @@ def wilson_interval(successes, trials, confidence: float = CONFIDENCE) -> tuple[
         denom = 1 + z2 / n
         centre = (p + z2 / (2 * n)) / denom
         half = np.sqrt(z2) / denom * np.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return np.clip(centre - half, 0.0, 1.0), np.clip(centre + half, 0.0, 1.0)
+    # the interval holds p exactly; rounding would put lo a hair above 0 at p = 0 (a negative error bar)
+    return np.minimum(np.clip(centre - half, 0.0, 1.0), p), np.maximum(np.clip(centre + half, 0.0, 1.0), p)
 
 
 def ols(X: np.ndarray, y: np.ndarray, names: Sequence[str], confidence: float = CONFIDENCE) -> dict:

@@ -71,8 +71,8 @@ WIDTH_COLUMNS = ["quantity", "method", "criterion", "horizon", "eps", "target", 
 DOMAIN_COLUMNS = ["n_min", "n_max", "k_min", "k_max", "delta_min", "delta_max", "d_min", "d_max", "m_min", "m_max"]
 LAW_TERMS = ("c", "p", "q", "r")
 LAWS_COLUMNS = ["quantity", "method", "term", "regressor", "estimate", "lo", "hi", "se", "dof",
-                *(f"cov_{t}" for t in LAW_TERMS), "horizon", "criterion", "eps", "rate", "bias", K_GROUP, "n_cells",
-                "n_censored", *DOMAIN_COLUMNS, "theory", "note"]
+                *(f"cov_{t}" for t in LAW_TERMS), "horizon", "criterion", "eps", "rate", "bias", K_GROUP, "delta",
+                "n_cells", "n_censored", *DOMAIN_COLUMNS, "theory", "note"]
 
 
 def _check_quantities(quantities: Sequence[str]) -> None:
@@ -375,8 +375,10 @@ def _drift_law_rows(law: pd.DataFrame, widths: pd.DataFrame, runs: pd.DataFrame,
     z = float(stats.norm.ppf(1 - delta_fail))
     w = add_k_group(widths[(widths["quantity"] == "lazy") & (widths["method"] == DRIFT)])
     rows = []
-    for key, group in law.groupby(group_keys, sort=True, dropna=False):
-        key = dict(zip(group_keys, key))
+    # a drift law fitted apart per separation gives one m_lazy law per separation (laws.csv's delta column)
+    keys = [*group_keys, *(["delta"] if "delta" in law.columns and "delta" not in group_keys else [])]
+    for key, group in law.groupby(keys, sort=True, dropna=False):
+        key = dict(zip(keys, key))
         g = group.set_index("term")
         sel = np.logical_and.reduce([w[c] == v for c, v in key.items()]) if len(w) else np.zeros(0, bool)
         cells = w[sel]
@@ -463,7 +465,9 @@ def laws_table(runs: pd.DataFrame, curves: pd.DataFrame | None = None, *, widths
         drift law, bootstrap intervals; ``theorem``; a paper for ``known``), ``term`` (``c, p, q, r``),
         ``regressor, estimate, lo, hi, se, dof``, ``cov_c .. cov_r`` (the term's row of the estimates'
         covariance: a prediction's interval needs it), ``horizon`` (NaN: each run's own), ``criterion, eps,
-        rate`` (``1 - delta_fail``), ``bias, k_group``, ``n_cells, n_censored`` (cells left out: censored,
+        rate`` (``1 - delta_fail``), ``bias, k_group``, ``delta`` (the separation of a law fitted apart per
+        separation: the drift law's and its ``m_lazy``'s when ``drift`` has a ``delta`` column; empty for a law
+        over separations), ``n_cells, n_censored`` (cells left out: censored,
         undefined, or a crossing whose fraction does not rise with ``m``), the studied domain ``n_min ..
         m_max`` (``m_min, m_max``: the widths studied), ``theory`` (the theorem's nominal exponent) and ``note``.
     """

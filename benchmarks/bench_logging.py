@@ -8,7 +8,7 @@ sending the same payload, all in one run.
 Stores: an SQLite file (``sqlite:///...``, written in this process, one writer) and ``mlflow
 server --workers 2`` on 127.0.0.1 with a PostgreSQL store and MLflow's basic-auth app, as
 deploy/tracking/ runs it (tests/tracking_server.py: a throwaway PostgreSQL cluster, durable
-settings). The payload is real: the runs and curves of results/cpu_study (the shipped study),
+settings). The payload is real: the runs and curves of results/widths (the shipped study),
 each logged under fresh run_ids; ``--points`` are the ``tracking.curve_points`` compared (the
 first is the default; ``all`` sends every checkpoint).
 
@@ -251,7 +251,7 @@ def main() -> None:
     ap.add_argument("--no-auth", action="store_true", help="the server without the basic-auth app")
     ap.add_argument("--accounts", default="user,admin", help="the basic-auth accounts logged as: user (permissions "
                                                             "checked on every request) and/or admin (not checked)")
-    ap.add_argument("--study", default=str(ROOT / "results" / "cpu_study"))
+    ap.add_argument("--study", default=str(ROOT / "results" / "widths"))
     ap.add_argument("--stores", default="sqlite,postgres")
     args = ap.parse_args()
     import os

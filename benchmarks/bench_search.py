@@ -1,6 +1,6 @@
-"""The adaptive search against the full grid, on the cells of configs/cpu_study.yaml.
+"""The adaptive search against the full grid, on the cells of configs/search.yaml.
 
-    python benchmarks/bench_search.py [--grid results/cpu_study] [--out runs/cpu_study_search]
+    python benchmarks/bench_search.py [--grid results/widths] [--out runs/search_bench]
 
 Runs (or resumes) the search into its own output directory, then compares per cell, with the
 same seeds (``seeds.init``), the search's ``m*`` with the grid's (analysis.thresholds on the
@@ -44,9 +44,9 @@ def grid_wall_time(grid: Path) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", default="configs/cpu_study.yaml")
-    ap.add_argument("--grid", default="results/cpu_study")
-    ap.add_argument("--out", default="runs/cpu_study_search")
+    ap.add_argument("--config", default="configs/search.yaml")
+    ap.add_argument("--grid", default="results/widths")
+    ap.add_argument("--out", default="runs/search_bench")
     ap.add_argument("--num-cpus", type=int, default=2)
     args = ap.parse_args()
     cfg = load_config(args.config)

@@ -3,7 +3,7 @@
 study (the median count of checkpoints) and its longest, in flow time lambda_* t on a log axis and
 on the linear one the UI's "Relative time" uses.
 
-    PYTHONPATH=. python benchmarks/plot_curve_points.py [--study results/cpu_study] [--out docs/curve_points.png]
+    PYTHONPATH=. python benchmarks/plot_curve_points.py [--study results/widths] [--out docs/curve_points.png]
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--study", default=str(ROOT / "results" / "cpu_study"))
+    ap.add_argument("--study", default=str(ROOT / "results" / "widths"))
     ap.add_argument("--out", default=str(ROOT / "docs" / "curve_points.png"))
     args = ap.parse_args()
     from pipeline.config import CURVE_POINTS

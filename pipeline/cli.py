@@ -127,7 +127,7 @@ def _parser() -> argparse.ArgumentParser:
     nb.add_argument("names", nargs="*", default=list(NAMES), metavar="NAME",
                     help=f"which notebooks (default: {' '.join(NAMES)})")
     nb.add_argument("--results", help="the results directory they read (default: SOBOLEV_RESULTS, else "
-                                      "results/cpu_study of this checkout)")
+                                      "results/widths of this checkout)")
     nb.add_argument("--into", help="write the executed .ipynb files into this directory (default: beside the .py)")
     return p
 

@@ -102,3 +102,16 @@ def test_a_planted_study_predicts_its_own_law(tmp_path):
     assert out.criterion == "conv@48" and out.domain.delta == (0.5, 0.5)
     with pytest.raises(ValueError, match="delta=0.4 is outside"):
         predict_width(20, 3, 0.4, d=6, results=tmp_path)
+
+
+def test_a_law_per_separation_answers_at_its_separations_only(tmp_path):
+    rows = (_rows("lazy", "drift_law", LAW, COV, np.nan, delta=0.25, delta_min=0.25, delta_max=0.25)
+            + _rows("lazy", "drift_law", {**LAW, "c": 4.0}, COV, np.nan, delta=0.5, delta_min=0.5, delta_max=0.5))
+    write_laws(pd.DataFrame(rows).reindex(columns=LAWS_COLUMNS), tmp_path)
+    low = predict_width(16, 2, 0.25, d=16, quantity="lazy", results=tmp_path)
+    high = predict_width(16, 2, 0.5, d=16, quantity="lazy", results=tmp_path)
+    g = np.array([1.0, np.log(16), np.log(2), np.log(0.25)])
+    assert low.estimate == pytest.approx(np.exp(g @ np.array(list(LAW.values()))), rel=1e-9)
+    assert high.estimate == pytest.approx(low.estimate * np.exp(2.0 + LAW["r"] * np.log(0.5 / 0.25)), rel=1e-9)
+    with pytest.raises(ValueError, match=r"delta=0.35: .* at delta = 0.25, 0.5 only"):
+        predict_width(16, 2, 0.35, d=16, quantity="lazy", results=tmp_path)

@@ -110,3 +110,15 @@ def test_batched_firth_matches_the_single_fit_replicate_by_replicate():
         np.testing.assert_allclose(beta[b], single, atol=1e-7)
     _, ok_one = firth_logistic_batch(x, np.where(np.arange(7) == 2, s, 0), np.where(np.arange(7) == 2, n, 0))
     assert not ok_one.any()  # one width: no slope to fit
+
+
+def test_wilson_interval_holds_the_proportion_exactly():
+    """At 0 and at every success the interval ends exactly at the proportion (a plotted error bar is
+    never negative), and lo <= p <= hi for every count."""
+    for n in (1, 7, 24, 1000):
+        s = np.arange(n + 1)
+        lo, hi = wilson_interval(s, n)
+        assert lo[0] == 0.0 and hi[-1] == 1.0
+        assert np.all(lo <= s / n) and np.all(s / n <= hi)
+    lo, hi = wilson_interval(0, 0)
+    assert np.isnan(lo) and np.isnan(hi)

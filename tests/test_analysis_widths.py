@@ -237,3 +237,23 @@ def test_strata_split_cells_and_laws(study):
     assert len(p) == 2 and p["estimate"].nunique() == 1  # the same runs at both: the same law
     with pytest.raises(ValueError, match="step_factor"):
         widths_table(runs, quantities=("conv",), n_boot=0)
+
+
+def test_a_drift_law_per_separation_gives_one_m_lazy_law_per_separation(study):
+    """The report fits the drift law apart per separation (its slope in m bends at delta = 0.25): each
+    separation gets its own m_lazy law, in laws.csv's delta column, over its own cells."""
+    runs = study[study["k"] >= 1]
+    other = runs.assign(delta=0.25, run_id=runs["run_id"] + "-q")
+    both = pd.concat([runs, other], ignore_index=True)
+    law = drift_law(both, by=("bias", "delta"), n_boot=100)
+    assert sorted(law["delta"].unique()) == [0.25, 0.5]
+    laws = laws_table(both, quantities=("lazy",), drift=law, theorem=False, known=False, n_boot=100)
+    lazy = laws[laws["method"] == "drift_law"]
+    assert sorted(lazy["delta"].unique()) == [0.25, 0.5] and not lazy.duplicated(["delta", "term"]).any()
+    for delta, g in lazy.groupby("delta"):
+        g = g.set_index("term")
+        assert (g["delta_min"] == delta).all() and (g["delta_max"] == delta).all()
+        for term, planted in (("p", 2.0), ("q", 1.0)):  # the planted law holds at both separations
+            assert abs(g.loc[term, "estimate"] - planted) < 0.5, (delta, g.loc[term])
+    direct = laws[laws["method"] == "thresholds"]
+    assert direct["delta"].isna().all()  # the threshold laws span the separations

@@ -128,16 +128,17 @@ print("ok")
     assert result.stdout.strip().endswith("ok"), result.stdout[-2000:] + result.stderr[-3000:]
 
 
-# (cell, training settings off their default, seed) -> run_id. The first three are runs of the shipped
-# study (results/cpu_study, written by the pipeline); the last two have the optional cell fields off
+# (cell, training settings off their default, seed) -> run_id. The first four are runs of the shipped
+# study (results/widths, written by the pipeline); the last two have the optional cell fields off
 # their default. An id that changes is a decision (a new RUN_ID_VERSION, with old ids still recognised
 # as done), never an accident: every results directory's resume and every cross-sweep reuse hang on them.
 SHIPPED = dict(d=16, delta=0.5, bias=False)
-STUDY = dict(eps=1e-9, dtype="float64")
+STUDY = dict(eps=1e-10, dtype="float64", max_steps=1_000_000)
 PINNED_RUN_IDS = [
-    (dict(SHIPPED, n=128, k=2, m=1024, delta=0.25), STUDY, 0, "1a807e6a84976b8f2662"),
-    (dict(SHIPPED, n=16, k=0, m=1024), dict(STUDY, mode="frozen", t_max=6.0), 0, "f666c10c36b13ea95b90"),
-    (dict(SHIPPED, n=16, k=2, m=1024, bias=True), STUDY, 0, "07db0c8dac6bfeb01821"),
+    (dict(SHIPPED, n=128, k=2, m=1024), dict(STUDY, t_max=24.0), 0, "97bc3104cba02dc21236"),
+    (dict(SHIPPED, n=64, k=0, m=512, delta=0.25), dict(STUDY, t_max=192.0), 0, "53b617202c5ba1d27347"),
+    (dict(SHIPPED, n=16, k=2, m=1024, bias=True), dict(STUDY, t_max=48.0), 0, "74f2ee501c7e91d9d78e"),
+    (dict(SHIPPED, n=16, k=2, m=256), dict(STUDY, t_max=192.0, step_factor=0.25), 0, "b2c09502d8f1ed20a156"),
     (dict(n=8, k=1, d=6, m=64, delta=0.5, bias=False, target="teacher", delta_2=0.1, data_seed=3), {}, 5,
      "2e2411e0181c18ef02f2"),
     (dict(n=4, k=0, d=5, m=16, delta=0.3, bias=True, data_seed=1), dict(step_factor=0.5, max_steps=300), 2,
@@ -161,5 +162,5 @@ def test_a_run_id_is_the_hash_of_its_key_spelled_out():
 
 def test_the_shipped_study_keeps_its_recorded_ids():
     """Every run of the shipped study, read from its Parquet, has the id the pipeline recorded."""
-    runs = read_table(Path(__file__).parents[1] / "results" / "cpu_study", "runs").to_pylist()
+    runs = read_table(Path(__file__).parents[1] / "results" / "widths", "runs").to_pylist()
     assert len(runs) > 1000 and all(run_id_of_record(r) == r["run_id"] for r in runs)
