@@ -7,6 +7,8 @@ import re
 import subprocess
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,3 +123,49 @@ def test_ci_runs_the_readme_install_then_its_test_commands():
     assert pip in ci, f".ci/run does not run the README's install command {pip!r}"
     steps = [ci.index(pip)] + [next(i for i, line in enumerate(ci) if line.startswith(t)) for t in tests]
     assert steps == sorted(steps) and len(tests) >= 2, (tests, steps)
+
+
+def _law(laws, quantity, method, k_group, term, delta=None):
+    sel = (laws["quantity"] == quantity) & (laws["method"] == method) & (laws["k_group"] == k_group) \
+        & (laws["term"] == term) & (~laws["bias"].astype(bool))
+    sel &= laws["delta"].isna() if delta is None else np.isclose(laws["delta"], delta)
+    (row,) = laws[sel].itertuples()
+    return f"{row.estimate:.2f} [{row.lo:.2f}, {row.hi:.2f}]"
+
+
+def test_the_readme_numbers_are_the_shipped_studys():
+    """Each number of the README's finding, written from results/widths (laws.csv, widths.csv and the
+    runs), appears there as written: a re-made study with other numbers fails here until the README
+    says them."""
+    from analysis.widths import read_laws
+    from records.tables import read_table
+
+    study = ROOT / "results" / "widths"
+    laws, widths = read_laws(study), pd.read_csv(study / "widths.csv")
+    readme = (ROOT / "README.md").read_text()
+    runs = read_table(study, "runs", ["run_id"]).num_rows
+    assert f"{runs:,} float64 runs" in readme
+    assert f"`m_conv ~ n^{_law(laws, 'conv', 'thresholds', 'k=0', 'p')}`" in readme
+    lazy = f"n^{_law(laws, 'lazy', 'drift_law', 'k>=1', 'p', 0.5)} k^{_law(laws, 'lazy', 'drift_law', 'k>=1', 'q', 0.5)}"
+    assert f"`m_lazy ~ {lazy}` at `delta = 0.5`" in readme
+
+    def width(subset, quantity, horizon, **cell):
+        sel = (widths["subset"] == subset) & (widths["quantity"] == quantity) & (widths["method"] == "thresholds") \
+            & (widths["horizon"] == horizon) & ~widths["bias"].astype(bool)
+        for c, v in cell.items():
+            sel &= widths[c] == v
+        return widths[sel]
+
+    plain = width("main", "conv", 192.0, k=0)
+    plain = plain[(plain["censored"] == "none") & (plain["n"] <= 64)]["estimate"]
+    assert f"needs `m` of {plain.min():.0f} to {plain.max():.0f} up to `n = 64`" in readme
+    (late,) = width("main", "conv", 192.0, n=32, k=2, delta=0.5)["label"]
+    (later,) = width("long", "conv", 768.0, n=32, k=2, delta=0.5)["label"]
+    assert f"needs `m {late}` by 192, but `m = {later}` by 768" in readme
+    rate = width("main", "rate", 192.0, k=0)
+    rate = rate[rate["censored"] == "none"]["estimate"]
+    assert f"`k = 0` from `m` of {rate.min():.0f} to {rate.max():.0f}" in readme
+    above = width("main", "rate", 192.0)
+    above = above[above["k"] >= 1]
+    assert (above["censored"] == "above").all() and "`k >= 1` at no studied width (to 4,096)" in readme
+    assert above["m_max"].max() == 4096
