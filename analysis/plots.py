@@ -136,6 +136,19 @@ def exponent_table(exponents: pd.DataFrame, terms: Sequence[str] | None = None, 
     return pd.DataFrame(rows, columns=columns)
 
 
+def log_axis(ax, which: str, ticks=None, label: str | None = None) -> None:
+    """Make axis ``which`` (``"x"`` or ``"y"``) of ``ax`` logarithmic, ticked at ``ticks`` (the values
+    studied, written as numbers, no minor labels) and labelled ``label (log scale)``."""
+    from matplotlib.ticker import NullFormatter
+
+    getattr(ax, f"set_{which}scale")("log")
+    if ticks is not None and len(ticks):
+        getattr(ax, f"set_{which}ticks")(ticks, [f"{v:g}" for v in ticks])
+        getattr(ax, f"{which}axis").set_minor_formatter(NullFormatter())
+    if label:
+        getattr(ax, f"set_{which}label")(label + " (log scale)")
+
+
 def plot_thresholds(ax, th: pd.DataFrame, x: str, *, m_col: str = "m_star", bound_col: str = "m_bound", color=None,
                     label: str | None = None, interval: bool = True) -> dict:
     """Draw the thresholds of one line (e.g. fixed ``k``, bias, criterion, eps') against column ``x``.

@@ -64,10 +64,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import display
-from matplotlib.ticker import NullFormatter
 
 from analysis import load_curves, load_runs, predict_width
-from analysis.plots import censor_legend_handles, interval_text, plot_thresholds
+from analysis.plots import censor_legend_handles, interval_text, log_axis, plot_thresholds
 from analysis.report import (
     REPORT_CURVE_COLUMNS,
     ReportSettings,
@@ -88,16 +87,6 @@ pd.set_option("display.max_rows", 200)
 warnings.filterwarnings("ignore", category=RuntimeWarning)
 COLORS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 QUANTITIES = ("conv", "rate", "rate_soft")
-
-
-def log_axis(ax, which, ticks=None, label=None):
-    """A log axis labelled (and ticked at the tested values)."""
-    getattr(ax, f"set_{which}scale")("log")
-    if ticks is not None and len(ticks):
-        getattr(ax, f"set_{which}ticks")(ticks, [f"{v:g}" for v in ticks])
-        getattr(ax, f"{which}axis").set_minor_formatter(NullFormatter())
-    if label:
-        getattr(ax, f"set_{which}label")(label + " (log scale)")
 
 
 def as_thresholds(w):

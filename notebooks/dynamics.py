@@ -58,7 +58,6 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from IPython.display import display
-from matplotlib.ticker import NullFormatter
 
 from analysis import (
     THRESHOLD_KEYS,
@@ -75,7 +74,7 @@ from analysis import (
     widths_table,
 )
 from analysis.floorlaw import add_k_group
-from analysis.plots import interval_text
+from analysis.plots import interval_text, log_axis
 from analysis.report import MECHANISM_TERMS, REPORT_CURVE_COLUMNS, ReportSettings, split_study
 
 plt.rcParams.update({"figure.dpi": FIG_DPI, "savefig.dpi": FIG_DPI, "figure.figsize": (8, 5), "font.size": 10,
@@ -97,15 +96,6 @@ print(f"{len(runs)} runs, {len(curves)} checkpoints; parts: "
       + ", ".join(f"{name} {len(parts[name])} runs (budget {parts.budget[name]:g}/lambda_*)"
                   for name in parts if len(parts[name])))
 print(f"trend at the end of each main run: {main['trend'].value_counts().to_dict()}")
-
-
-def log_axis(ax, which, ticks=None, label=None):
-    getattr(ax, f"set_{which}scale")("log")
-    if ticks is not None and len(ticks):
-        getattr(ax, f"set_{which}ticks")(ticks, [f"{v:g}" for v in ticks])
-        getattr(ax, f"{which}axis").set_minor_formatter(NullFormatter())
-    if label:
-        getattr(ax, f"set_{which}label")(label + " (log scale)")
 
 
 def cells_of(frame):

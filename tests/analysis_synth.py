@@ -158,3 +158,15 @@ def floor_curves(runs: pd.DataFrame, checkpoints: int = 6) -> pd.DataFrame:
     return curves.assign(rel_loss_interval_max=curves["rel_loss"], value_rel=curves["rel_loss"],
                          deriv_rel=curves["rel_loss"], value_rel_interval_max=curves["rel_loss"],
                          deriv_rel_interval_max=curves["rel_loss"])
+
+
+def assert_judges_from_declared_columns(c, runs, curves, eps: float) -> None:
+    """Criterion ``c`` judges ``runs`` from the columns it declares alone as from the whole tables,
+    and the data tells runs apart (some succeed, some fail)."""
+    import pandas as pd
+
+    full = c.judge(runs, curves, eps)
+    only = c.judge(runs[list(c.columns)], curves[list(c.curve_columns)] if c.needs_curves else None, eps)
+    pd.testing.assert_series_equal(only, full)
+    assert full.any() and not full.all()
+

@@ -106,3 +106,29 @@ def stop_cluster(temp: str) -> None:
         with contextlib.suppress(psutil.Error):
             p.kill()
     psutil.wait_procs(procs, timeout=30)
+
+
+def log_from_two_drivers(a, b, results: list[dict]) -> None:
+    """Trackers ``a`` and ``b`` (two drivers) log ``results[0]`` one after the other (``b`` has not
+    seen ``a``'s children: it logs, then removes its own), then ``results[1]`` both at once."""
+    import threading
+
+    first, second = results[0], results[1]
+    a.log(first["runs"], first["curves"])
+    a.flush()
+    b.log(first["runs"], first["curves"])
+    b.flush()
+    assert b.duplicates_removed == len(first["runs"])
+    go = threading.Barrier(2)
+
+    def log(t):
+        go.wait()
+        t.log(second["runs"], second["curves"])
+        t.flush()
+
+    threads = [threading.Thread(target=log, args=(t,)) for t in (a, b)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    a.close()
+    b.close()
+    assert a.error is None and b.error is None

@@ -14,6 +14,7 @@ from analysis.plots import (  # noqa: E402
     exponent_table,
     fitted_power_law,
     interval_text,
+    log_axis,
     logistic_plot_table,
     plot_ratio,
     plot_success_heatmap,
@@ -192,3 +193,15 @@ def test_plot_ratio_skips_missing_ratios_and_draws_intervals():
     bars = [c for c in ax.containers if c.has_yerr]
     assert len(bars) == 1 and np.allclose(bars[0].lines[2][0].get_segments()[0][:, 1], [0.25, 1.0])
     assert plot_ratio(ax, table.assign(ratio=np.nan), "m") is None
+
+
+def test_log_axis_ticks_at_the_studied_values():
+    fig, ax = plt.subplots()
+    ax.plot([16, 64, 1024], [1, 2, 3])
+    log_axis(ax, "x", [16, 64, 1024], "m")
+    log_axis(ax, "y")
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    assert list(ax.get_xticks()) == [16, 64, 1024] and [t.get_text() for t in ax.get_xticklabels()] == ["16", "64", "1024"]
+    assert ax.get_xlabel() == "m (log scale)" and ax.get_ylabel() == ""
+    plt.close(fig)
+

@@ -184,14 +184,10 @@ def test_regime_uses_the_per_step_bound_when_recorded():
 def test_a_criterion_judges_from_the_columns_it_declares(name):
     """What a criterion declares is what the loaders read for it: its judge needs nothing else."""
     from analysis.success import criterion
-    from tests.analysis_synth import floor_curves, planted_floor_runs
+    from tests.analysis_synth import assert_judges_from_declared_columns, floor_curves, planted_floor_runs
 
     runs = planted_floor_runs(law={"c": -3.0, "n": 2.0, "k": 1.0, "m": -1.5}, ns=(4, 8), ks=(1, 2),
                               widths=2 ** np.arange(6, 12), instances=2, seeds=2, tau=0.3, sigma=0.3, rng_seed=4,
                               train_eps=1e-6)
     curves = floor_curves(runs)
-    c = criterion(name)
-    full = c.judge(runs, curves, 1e-3)
-    only = c.judge(runs[list(c.columns)], curves[list(c.curve_columns)] if c.needs_curves else None, 1e-3)
-    pd.testing.assert_series_equal(only, full)
-    assert full.any() and not full.all()  # the data tells runs apart
+    assert_judges_from_declared_columns(criterion(name), runs, curves, 1e-3)

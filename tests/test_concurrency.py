@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import free_port, mlflow_children
+from pipeline_helpers import free_port, log_from_two_drivers, mlflow_children
 from test_reliability import DEADLINE, check_once, cli_env, kill_group, run_argv, start_mlflow_server, sweep, trained
 
 from pipeline.lock import LOCK_NAME, LockHeld, OutputLock
@@ -136,26 +136,7 @@ def test_two_trackers_same_experiment_each_run_once_and_stale_parents_marked_kil
 
     b = open_tracker(uri, exp, cfg.name, "b", params={}, out=tmp_path / "o2")
     b.logged_run_ids()
-    first = results[0]
-    a.log(first["runs"], first["curves"])
-    a.flush()
-    b.log(first["runs"], first["curves"])  # b has not seen a's children: logs, then removes its own
-    b.flush()
-    assert b.duplicates_removed == len(first["runs"])
-    second = results[1]
-    go = threading.Barrier(2)
-
-    def log(t):
-        go.wait()
-        t.log(second["runs"], second["curves"])
-        t.flush()
-
-    threads = [threading.Thread(target=log, args=(t,)) for t in (a, b)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    a.close()
-    b.close()
-    assert a.error is None and b.error is None
+    log_from_two_drivers(a, b, results)
     children = {k: v for k, v in mlflow_children(uri, exp).items() if k != "busy"}  # asserts each run_id once
     assert set(children) == {r["run_id"] for res in results for r in res["runs"]}
     assert all(c.info.status == "FINISHED" for c in children.values())

@@ -9,10 +9,9 @@ from __future__ import annotations
 import csv
 import subprocess
 import sys
-import threading
 
 import pytest
-from pipeline_helpers import mlflow_children
+from pipeline_helpers import log_from_two_drivers, mlflow_children
 from test_reliability import DEADLINE, check_once, cli_env, sweep
 
 from pipeline.config import CURVE_POINTS
@@ -99,25 +98,7 @@ def test_two_drivers_log_the_same_runs_each_run_once(login, tmp_path):
                      settings=cfg.tracking)
     a.logged_run_ids()
     b.logged_run_ids()
-    first, second = results
-    a.log(first["runs"], first["curves"])
-    a.flush()
-    b.log(first["runs"], first["curves"])
-    b.flush()
-    assert b.duplicates_removed == len(first["runs"])
-    go = threading.Barrier(2)
-
-    def log(t):
-        go.wait()
-        t.log(second["runs"], second["curves"])
-        t.flush()
-
-    threads = [threading.Thread(target=log, args=(t,)) for t in (a, b)]
-    [t.start() for t in threads]
-    [t.join() for t in threads]
-    a.close()
-    b.close()
-    assert a.error is None and b.error is None
+    log_from_two_drivers(a, b, results)
     children = mlflow_children(login.uri, cfg.experiment_name())  # asserts each run_id once
     assert set(children) == {r["run_id"] for res in results for r in res["runs"]}
     assert all(c.info.status == "FINISHED" for c in children.values())
