@@ -30,8 +30,9 @@ The kernels run on numba's ``workqueue`` threading layer, not its OpenMP one: on
 OpenMP pool has run, MKL's ``eigvalsh`` in the same process (``lambda_*``, the spectra of
 ``H(t)`` that set the step size) returned different last bits than before it, so a run re-made
 as the first task of a fresh process differed from the same run re-made after another task
-(BENCHMARKS.md, "Reproducibility"; ``tests/test_reproducible.py``). The OpenMP layer is
-2-8% faster per step; reproducibility is worth more.
+(docs/FINDINGS.md, "Reproducibility"; ``tests/test_shipped_results.py``). The OpenMP layer
+was 2-8% faster per step on an idle machine (BENCHMARKS.md, section 2); reproducibility is
+worth more.
 """
 
 from __future__ import annotations
