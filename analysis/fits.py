@@ -17,7 +17,8 @@ from .thresholds import NOT_CENSORED
 CENSOR_COLUMN = {"m_star": "censored", "m_logistic": "logistic_censored"}
 
 
-def _uncensored(df: pd.DataFrame, m_col: str) -> pd.Series:
+def uncensored_cells(df: pd.DataFrame, m_col: str) -> pd.Series:
+    """The rows of ``df`` whose width ``m_col`` is a number: finite, positive and not flagged censored."""
     ok = np.isfinite(df[m_col].astype(float)) & (df[m_col] > 0)
     flag = CENSOR_COLUMN.get(m_col)
     if flag in df.columns:
@@ -27,7 +28,8 @@ def _uncensored(df: pd.DataFrame, m_col: str) -> pd.Series:
     return ok
 
 
-def _design(cells: pd.DataFrame, terms: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+def design_matrix(cells: pd.DataFrame, terms: Sequence[str]) -> tuple[np.ndarray, list[str]]:
+    """The design ``[1, log n, log k, log delta]`` (those of ``terms``) of ``cells`` and its column names."""
     names = ["c", *terms]
     X = np.column_stack([np.ones(len(cells))] + [np.log(cells[EXPONENT_TERMS[t]].to_numpy(float)) for t in terms])
     return X, names
@@ -58,9 +60,9 @@ def fit_exponents(thresholds: pd.DataFrame, *, m_col: str = "m_star", terms: Seq
     rows = []
     for key, group in thresholds.groupby(by, sort=True, dropna=False) if by else [((), thresholds)]:
         key = dict(zip(by, key))
-        cells = group[_uncensored(group, m_col)]
+        cells = group[uncensored_cells(group, m_col)]
         used = [t for t in terms if cells[EXPONENT_TERMS[t]].nunique() > 1]
-        X, names = _design(cells, used)
+        X, names = design_matrix(cells, used)
         y = np.log(cells[m_col].to_numpy(float))
         common = {"n_cells": len(cells), "n_censored": len(group) - len(cells), "dof": len(cells) - len(names)}
         fit, note = None, ""

@@ -14,7 +14,8 @@ from scipy import special
 from .defaults import CONFIDENCE
 
 
-def _z(confidence: float) -> float:
+def normal_quantile(confidence: float) -> float:
+    """The standard normal quantile of a two-sided ``confidence`` interval (1.96 at 0.95)."""
     return float(special.ndtri(0.5 + confidence / 2))
 
 
@@ -26,7 +27,7 @@ def wilson_interval(successes, trials, confidence: float = CONFIDENCE) -> tuple[
     """
     s = np.asarray(successes, dtype=float)
     n = np.asarray(trials, dtype=float)
-    z2 = _z(confidence) ** 2
+    z2 = normal_quantile(confidence) ** 2
     with np.errstate(invalid="ignore", divide="ignore"):
         p = s / n
         denom = 1 + z2 / n
@@ -142,7 +143,7 @@ def logistic_crossing(x, successes, trials, target: float, confidence: float = C
     u = (logit - a) / b
     grad = np.array([-1 / b, -(logit - a) / b**2])
     se = float(np.sqrt(grad @ cov @ grad))
-    z = _z(confidence)
+    z = normal_quantile(confidence)
     return {"x_cross": centre + u, "lo": centre + u - z * se, "hi": centre + u + z * se, "slope": b}
 
 
@@ -162,7 +163,7 @@ def cluster_percentile_interval(point, draws, n_clusters: int, confidence: float
     draws = np.asarray(draws, dtype=float)
     q_lo = np.quantile(draws, alpha / 2, axis=axis, method="lower")
     q_hi = np.quantile(draws, 1 - alpha / 2, axis=axis, method="higher")
-    widen = special.stdtrit(n_clusters - 1, 1 - alpha / 2) / _z(confidence) * np.sqrt(n_clusters / (n_clusters - 1))
+    widen = special.stdtrit(n_clusters - 1, 1 - alpha / 2) / normal_quantile(confidence) * np.sqrt(n_clusters / (n_clusters - 1))
     point = np.asarray(point, dtype=float)
     with np.errstate(invalid="ignore"):
         lo = np.where(np.isinf(q_lo), q_lo, point - widen * (point - q_lo))

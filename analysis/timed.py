@@ -148,7 +148,7 @@ def rate_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float,
     return _not_failed(runs) & reached & (runs["bound_violation_t"].astype(float) > t_to)
 
 
-def _window(runs: pd.DataFrame, horizon: float | None) -> pd.Series:
+def judged_at_own_stop(runs: pd.DataFrame, horizon: float | None) -> pd.Series:
     """Runs judged at their own stop (True) rather than at an earlier checkpoint time ``horizon``."""
     if horizon is None:
         return pd.Series(True, index=runs.index)
@@ -188,7 +188,7 @@ def rate_soft_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: floa
     runs: ``status, late_rate`` (+ ``run_id, t, lambda_star`` and the curves ``t, rel_loss`` with a horizon)."""
     require_columns(runs, ["status", "late_rate"], "runs")
     rate = runs["late_rate"].astype(float)
-    own = _window(runs, horizon)
+    own = judged_at_own_stop(runs, horizon)
     if not own.all():
         rate = rate.where(own, late_rate_at(runs, curves, horizon))
     return _not_failed(runs) & (rate >= RATE_SOFT_MIN)
@@ -202,7 +202,7 @@ def lazy_success(runs: pd.DataFrame, curves: pd.DataFrame | None, eps: float,
     require_columns(runs, ["status", "lambda_star", "max_H_drift_2", "min_lambda_ratio"], "runs")
     drift = runs["max_H_drift_2"].astype(float) / runs["lambda_star"].astype(float)
     lam = runs["min_lambda_ratio"].astype(float)
-    own = _window(runs, horizon)
+    own = judged_at_own_stop(runs, horizon)
     if not own.all():
         early = drift_until(runs, curves, horizon)
         drift, lam = drift.where(own, early["drift_ratio"]), lam.where(own, early["lambda_ratio"])

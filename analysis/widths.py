@@ -49,13 +49,13 @@ from scipy import stats
 from .columns import require_columns
 from .comparisons import THEOREM_CAVEAT, theorem_exponents
 from .defaults import ABOVE, BELOW, CONFIDENCE, EXPONENT_TERMS, NOT_CENSORED, THRESHOLD_KEYS, UNDEFINED
-from .fits import _design, _uncensored, fit_exponents
+from .fits import design_matrix, uncensored_cells, fit_exponents
 from .floorlaw import FLOOR_N_BOOT, FLOOR_TERMS, K_GROUP, add_k_group, fit_floor_law, m_star_from_floor_law
 from .known import known_laws
-from .stats import _z, cluster_percentile_interval, firth_logistic
+from .stats import normal_quantile, cluster_percentile_interval, firth_logistic
 from .success import run_success, success_rates
 from .thresholds import instance_thresholds, thresholds
-from .timed import LAZY_DRIFT_MAX, TIMED_CRITERIA, _window, drift_until, timed_name
+from .timed import LAZY_DRIFT_MAX, TIMED_CRITERIA, judged_at_own_stop, drift_until, timed_name
 
 QUANTITIES = ("conv", "rate", "rate_soft", "lazy")
 DEFAULT_EPS = 1e-8
@@ -84,7 +84,7 @@ def _check_quantities(quantities: Sequence[str]) -> None:
 def _slopes(success: pd.DataFrame, keys: list[str], confidence: float) -> pd.DataFrame:
     """Per cell, the Firth logistic slope of success on ``log m`` with a Wald interval."""
     rows = []
-    z = _z(confidence)
+    z = normal_quantile(confidence)
     for key, cell in success.groupby(keys, sort=True, dropna=False):
         pooled = cell.groupby("m")["success"].agg(trials="size", successes="sum")
         row = dict(zip(keys, key), slope=np.nan, slope_lo=np.nan, slope_hi=np.nan)
@@ -189,7 +189,7 @@ def drift_ratios(runs: pd.DataFrame, curves: pd.DataFrame | None = None, horizon
     require_columns(runs, ["max_H_drift_2", "lambda_star"], "runs")
     ratio = runs["max_H_drift_2"].astype(float) / runs["lambda_star"].astype(float)
     if horizon is not None:
-        own = _window(runs, horizon)
+        own = judged_at_own_stop(runs, horizon)
         if not own.all():
             ratio = ratio.where(own, drift_until(runs, curves, horizon)["drift_ratio"])
     return ratio.rename("drift_ratio")
@@ -305,7 +305,7 @@ def _domain(cells: pd.DataFrame, runs: pd.DataFrame) -> dict:
 def _covariance(cells: pd.DataFrame, terms: list[str], fit: pd.DataFrame, m_col: str) -> dict[str, dict[str, float]]:
     """The OLS covariance ``s^2 (X^T X)^-1`` of the fit over ``cells`` (uncensored), by term name."""
     names = ["c", *terms]
-    X, _ = _design(cells, terms)
+    X, _ = design_matrix(cells, terms)
     y = np.log(cells[m_col].to_numpy(float))
     dof = len(y) - len(names)
     nan = {a: {b: np.nan for b in names} for a in names}
@@ -346,7 +346,7 @@ def _threshold_laws(widths: pd.DataFrame, runs: pd.DataFrame, quantity: str, gro
         sel = np.logical_and.reduce([fit[c] == v for c, v in key.items()])
         f = fit[sel]
         used = [t for t in f["term"] if t != "c"]
-        cells = group[_uncensored(group, "m_logistic")]
+        cells = group[uncensored_cells(group, "m_logistic")]
         cov = _covariance(cells, used, f, "m_logistic") if np.isfinite(f["estimate"]).all() else {}
         n_flat = int(flat[group.index].sum())
         common = {"quantity": quantity, "method": DIRECT, "horizon": group["horizon"].iloc[0],

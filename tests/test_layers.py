@@ -58,3 +58,18 @@ def test_import_loads_no_heavy_library(module):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]", f"import {module} loads {result.stdout.strip()}"
+
+
+def test_no_package_imports_another_modules_private_names():
+    """A name with a leading underscore stays in its module: what another module needs is public
+    (named, documented) in the module that owns it."""
+    import ast
+
+    found = []
+    for package in ("sobolev", "records", "analysis", "pipeline"):
+        for path in sorted((ROOT / package).glob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.ImportFrom) and node.module != "__future__":
+                    found += [f"{path.relative_to(ROOT)}: {node.module}.{a.name}" for a in node.names
+                              if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not found, found
