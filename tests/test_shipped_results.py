@@ -116,14 +116,21 @@ sys.stdout.buffer.write(pickle.dumps(remake(record)))
 
 
 def test_remade_each_in_a_fresh_process(study):
+    """Each task the first of its process; two processes at a time (each at its recorded thread
+    count, one here), as the sweep ran them."""
     import pickle
+    from concurrent.futures import ThreadPoolExecutor
 
     runs, curves, tasks = study
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for task_id in tasks:
-        rows = runs[runs.task_id == task_id]
-        record = json.dumps(rows.iloc[0].to_dict(), default=lambda v: v.item() if hasattr(v, "item") else str(v))
-        proc = subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"))],
-                              input=record.encode(), capture_output=True, env=env, timeout=900)
-        assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-        _same(rows, curves, pickle.loads(proc.stdout), task_id)
+
+    def fresh(task_id):
+        record = runs[runs.task_id == task_id].iloc[0].to_dict()
+        text = json.dumps(record, default=lambda v: v.item() if hasattr(v, "item") else str(v))
+        return subprocess.run([sys.executable, "-c", _CHILD.format(root=str(ROOT), tests=str(ROOT / "tests"))],
+                              input=text.encode(), capture_output=True, env=env, timeout=900)
+
+    with ThreadPoolExecutor(2) as pool:
+        for task_id, proc in zip(tasks, pool.map(fresh, tasks)):
+            assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+            _same(runs[runs.task_id == task_id], curves, pickle.loads(proc.stdout), task_id)
