@@ -59,6 +59,27 @@ def pytest_report_header(config):
 
 
 @pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory):
+    """configs/smoke.yaml, run once by the real CLI (an embedded local Ray, Parquet only) into a
+    temporary directory: the notebooks' input and the estimate's measured task times."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path_factory.mktemp("smoke") / "results"
+    # always an embedded local Ray; no test's work log (this sweep is nobody's count)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SOBOLEV_WORK_LOG")}
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "configs/smoke.yaml", "--out", str(out),
+                           "--no-mlflow", "--no-progress"], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert proc.returncode == 0, (f"smoke sweep failed ({proc.returncode}):\n"
+                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    assert any((out / "runs").glob("*.parquet")) and any((out / "curves").glob("*.parquet"))
+    return out
+
+
+@pytest.fixture(scope="session")
 def pg_mlflow(tmp_path_factory):
     """A real `mlflow server` on a throwaway PostgreSQL cluster, with MLflow's basic-auth app, as
     deploy/tracking/ runs it (tests/tracking_server.py), and a non-admin account ``sweeper`` made

@@ -143,8 +143,9 @@ def test_dry_run_prices_the_paper_grid_in_seconds(tmp_path):
 
 
 @pytest.mark.slow  # a real sweep on a local Ray
-def test_the_estimate_bounds_the_measured_task_times_of_the_smoke_grid(local_ray, tmp_path):
-    """configs/smoke.yaml run for real, against its estimate made just before on this machine:
+def test_the_estimate_bounds_the_measured_task_times_of_the_smoke_grid(smoke_sweep):
+    """configs/smoke.yaml run for real (by the CLI, as the notebooks' input), against its estimate made
+    on this machine right after:
 
     - steps (no timing in it): every run's steps are within the estimate's bound, and the bound
       is not loose (the runs take at least half of it in all: they stop at eps or the budget);
@@ -152,16 +153,14 @@ def test_the_estimate_bounds_the_measured_task_times_of_the_smoke_grid(local_ray
       measured sum (not absurdly loose), and tasks ranked alike (Spearman >= 0.6). Single tasks are not
       held to a factor: a worker's first task also pays imports and compilation, and a task's wall time
       on this shared machine moves with the load."""
-    from pipeline.driver import run_sweep
     from pipeline.estimate import calibration
     from pipeline.grid import task_of_record
     from records.tables import read_table
 
     cfg = load_config(ROOT / "configs/smoke.yaml")
     cal = calibration(cfg, refresh=True)
-    report = run_sweep(cfg, out=tmp_path / "out", mlflow=False, progress=False)
-    assert report.failed == 0
-    runs = read_table(tmp_path / "out", "runs").to_pandas()
+    runs = read_table(smoke_sweep, "runs").to_pandas()
+    assert len(runs) == len(cells(cfg)) * len(cfg.training_variants()) * len(cfg.seeds.init)
     est, measured, steps, bound = [], [], 0, 0
     for _, task_runs in runs.groupby("task_id"):
         task = task_of_record(task_runs.iloc[0].to_dict())

@@ -58,27 +58,12 @@ def outputs(nb, kind: str) -> list:
 
 
 @pytest.fixture(scope="module")
-def smoke_results(tmp_path_factory):
-    """The smoke sweep, run once by the real CLI into a temporary directory."""
-    out = tmp_path_factory.mktemp("smoke") / "results"
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # always an embedded local Ray
-    env.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "run", "configs/smoke.yaml", "--out", str(out),
-                           "--no-mlflow", "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=900)
-    assert proc.returncode == 0, (f"smoke sweep failed ({proc.returncode}):\n"
-                                  f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    assert any((out / "runs").glob("*.parquet")) and any((out / "curves").glob("*.parquet"))
-    return out
-
-
-@pytest.fixture(scope="module")
-def executed(smoke_results):
+def executed(smoke_sweep):
     """Both notebooks executed on the smoke results (from notebooks/, as Jupyter would)."""
     done = {}
     for name in NAMES:
         try:
-            done[name] = execute(name, smoke_results)
+            done[name] = execute(name, smoke_sweep)
         except nbclient.exceptions.CellExecutionError as err:
             pytest.fail(f"notebooks/{name}.py: a cell failed on the smoke sweep:\n{err}")
     return done
@@ -146,19 +131,19 @@ def test_results_path_resolves_from_the_root_and_from_notebooks(name, tmp_path, 
 
 
 @pytest.mark.slow
-def test_the_documented_notebook_command_works_from_any_directory(smoke_results, tmp_path):
+def test_the_documented_notebook_command_works_from_any_directory(smoke_sweep, tmp_path):
     """`python -m pipeline notebooks`, as the documentation gives it, run from a directory that is not
     the repository: it finds the notebooks from the package and executes them into their .ipynb."""
     docs = "\n".join(p.read_text() for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))])
     assert "python -m pipeline notebooks --results /data/smoke" in docs
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "notebooks", "analyze", "--results", str(smoke_results),
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "notebooks", "analyze", "--results", str(smoke_sweep),
                            "--into", "executed"], cwd=elsewhere, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     nb = jupytext.read(elsewhere / "executed" / "analyze.ipynb")
     assert outputs(nb, "error") == [] and len(outputs(nb, "image")) >= MIN_IMAGES["analyze"]
-    assert f"results directory: {smoke_results}" in "\n".join(outputs(nb, "text"))
+    assert f"results directory: {smoke_sweep}" in "\n".join(outputs(nb, "text"))
     bad = subprocess.run([sys.executable, "-m", "pipeline", "notebooks", "analyse"], cwd=elsewhere,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: notebooks: no notebook 'analyse'")
