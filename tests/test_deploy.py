@@ -180,10 +180,15 @@ def test_submit_checks_on_the_client_before_uploading_and_the_job_refuses_its_te
             "tracking: sqlite:///mlflow.db is a relative path": [cfg_path, "--out", str(out), "--tracking-uri",
                                                                   "sqlite:///mlflow.db"],
         }
-        for words, args in refused.items():
-            proc = subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-            lines = (proc.stdout + proc.stderr).strip().splitlines()
-            assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], (words, proc.returncode, lines)
+        from concurrent.futures import ThreadPoolExecutor
+
+        def attempt(args):
+            return subprocess.run([*submit, *args], env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+
+        with ThreadPoolExecutor(2) as pool:  # independent client-side refusals, two at a time
+            for words, proc in zip(refused, pool.map(attempt, refused.values())):
+                lines = (proc.stdout + proc.stderr).strip().splitlines()
+                assert proc.returncode == 2 and len(lines) == 1 and words in lines[0], (words, proc.returncode, lines)
         jobs = subprocess.run([ray_bin, "job", "list", "--address", address], env=env, capture_output=True,
                               text=True, timeout=120)
         assert jobs.returncode == 0 and "submission_id" not in jobs.stdout, jobs.stdout  # nothing was uploaded
