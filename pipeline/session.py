@@ -205,18 +205,12 @@ class SweepSession:
 
     def __enter__(self) -> "SweepSession":
         preflight(self.cfg, self.out, self.uri)  # before the lock, which writes
+        # one writer per output; a full disk here is a DiskFull, as for every write into the output
+        self._lock = self.write(OutputLock(self.out, self.command, wait=self.options.wait).acquire)
         try:
-            self._lock = OutputLock(self.out, self.command, wait=self.options.wait).acquire()  # one writer per output
-        except OSError as exc:
-            if is_disk_full(exc):
-                raise DiskFull(self.out) from None
-            raise
-        try:
-            self._prepare()
-        except BaseException as exc:
+            self.write(self._prepare)
+        except BaseException:
             self._lock.release()
-            if isinstance(exc, OSError) and is_disk_full(exc):
-                raise DiskFull(self.out) from None
             raise
         return self
 
