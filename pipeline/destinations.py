@@ -21,7 +21,7 @@ import urllib.parse
 from pathlib import Path
 
 from .config import SweepConfig
-from .errors import SetupError
+from .errors import SetupError, nearest_existing
 from .options import RunOptions
 
 KEEP = "on storage the head keeps"
@@ -32,9 +32,7 @@ TRACKING_FIX = (f"pass --tracking-uri http://HOST:PORT (an MLflow server) or sql
 def check_output_dir(out: Path) -> None:
     """Refuse an output directory that cannot be created, before Ray starts or anything is written:
     a directory is made and removed in its nearest existing parent."""
-    probe = Path(out)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = nearest_existing(out)
     try:
         if not probe.is_dir():
             raise NotADirectoryError(f"{probe} is not a directory")

@@ -93,13 +93,18 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def free_bytes(path: str | Path) -> int:
-    """Free bytes on the file system of ``path`` (of its nearest existing parent)."""
+def nearest_existing(path: str | Path) -> Path:
+    """``path``, or its nearest parent that exists (where a directory to be made would go)."""
     p = Path(path)
     while not p.exists() and p != p.parent:
         p = p.parent
+    return p
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the file system of ``path`` (of its nearest existing parent)."""
     try:
-        return shutil.disk_usage(p).free
+        return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return 0
 
