@@ -42,8 +42,8 @@ import torch
 
 import sobolev
 from records.schema import Cell
-from sobolev.ntk import arccos_kernel, expand_kernel
-from sobolev.problem import alpha_beta, effective_data, make_problem
+from sobolev.ntk import gram_infinite
+from sobolev.problem import alpha_beta, make_problem
 from sobolev.settings import TrainConfig, checkpoint_steps
 from sobolev.theory import augmented_separation, prop1_lower_bound
 
@@ -183,8 +183,7 @@ def measure_spectrum(inst: Instance) -> tuple[float, float]:
     try:
         p = make_problem(inst.n, inst.d, inst.k, inst.delta, bias=inst.bias, target=inst.target,
                          seed=inst.data_seed, delta_2=inst.delta_2, dtype=torch.float64)
-        X, V, _, _, _ = effective_data(p)
-        ev = torch.linalg.eigvalsh(expand_kernel(arccos_kernel(X), X, V))
+        ev = torch.linalg.eigvalsh(gram_infinite(p))
     finally:
         torch.set_num_threads(threads)
     return ev[0].item(), ev[-1].item()
@@ -308,19 +307,34 @@ class Spectra:
         return out
 
 
+def steps_bound(t_max, in_lambda_star, lam_star, lam_max, step_factor, max_steps):
+    """``STEP_MARGIN x t_budget x lambda_max / step_factor`` steps, capped at ``max_steps`` (``t_budget``:
+    ``t_max / lambda_*`` where ``t_max`` is in units of ``1/lambda_*``); arrays broadcast."""
+    t_budget = np.where(in_lambda_star, t_max / lam_star, t_max)
+    return np.minimum(max_steps, np.ceil(STEP_MARGIN * t_budget * lam_max / step_factor)).astype(np.int64)
+
+
 def run_steps(cell: Cell, tr: TrainConfig, spectra: Spectra | None = None) -> int:
     """Upper bound on the gradient steps of one run of ``cell`` with training settings ``tr`` (the
     instance's spectrum measured if not cached, unless ``spectra`` has it)."""
     inst = instance_of(cell)
     spectra = spectra if spectra is not None and inst in spectra.values else Spectra([inst], budget_s=None)
     lam_star, lam_max, _ = spectra.values[inst]
-    t_budget = tr.t_max / lam_star if tr.t_unit == "lambda_star" else tr.t_max
-    return min(tr.max_steps, math.ceil(STEP_MARGIN * t_budget * lam_max / tr.step_factor))
+    return int(steps_bound(tr.t_max, tr.t_unit == "lambda_star", lam_star, lam_max, tr.step_factor, tr.max_steps))
 
 
 def step_size(n: int, m: int, D: int, replicas: int) -> float:
     """The work of one batched step, in the calibration's unit: R m n D (its GEMMs; the rest is O(R n k D))."""
     return replicas * m * n * D
+
+
+def machine_task_seconds(cal: dict, R, m, n, D, N, steps, ckpts):
+    """This machine's seconds of a task of ``R`` replicas (arrays broadcast) with the step costs ``cal``:
+    its fixed cost, ``lambda_*`` and ``H(0)``'s eigh at the start and an eigvalsh of ``H`` (size ``N``) per
+    replica at each of ``ckpts`` checkpoints, and ``steps`` steps plus the checkpoints' diagnostics."""
+    eig = cal.get("eig", DEFAULT["eig"]) * N ** 3
+    step = cal["a"] + cal["b"] * step_size(n, m, D, R)
+    return cal["task"] + (1 + START_EIGH * R + ckpts * R) * eig + (steps + CHECKPOINT_STEPS * ckpts) * step
 
 
 # ---- this machine
@@ -470,8 +484,7 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
     R = np.array([R_of[(c.n, c.d, c.k, c.m, c.bias), j] for c in cell_list for j in range(len(variants))])
     va = {f: x[vi] for f, x in _variant_arrays(variants).items()}
     lam_star, lam_max = lam[ii, 0], lam[ii, 1]
-    t_budget = np.where(va["star"], va["t_max"] / lam_star, va["t_max"])
-    steps = np.minimum(va["max_steps"], np.ceil(STEP_MARGIN * t_budget * lam_max / va["step_factor"])).astype(np.int64)
+    steps = steps_bound(va["t_max"], va["star"], lam_star, lam_max, va["step_factor"], va["max_steps"])
     ckpts = _checkpoints(steps, vi, variants)
     N = (n * (k + 1)).astype(np.float64)
     full, rest = seeds // R, seeds % R
@@ -486,12 +499,9 @@ def price(cfg: SweepConfig, *, cal: dict | None = None, budget_s: float | None =
         return [t.sum() for t in total], max(float(a[-1].max()), float(b[-1].max()))
 
     cal = cal or DEFAULT
-    eig_s = cal["eig"] * N ** 3
 
     def machine(r):
-        step = cal["a"] + cal["b"] * r * m * n * D
-        eig = (1 + START_EIGH * r + ckpts * r) * eig_s
-        return [cal["task"] + eig + (steps + CHECKPOINT_STEPS * ckpts) * step]
+        return [machine_task_seconds(cal, r, m, n, D, N, steps, ckpts)]
 
     (work,), longest = both(machine)
     gpu = {}
@@ -521,11 +531,8 @@ def task_seconds(cfg: SweepConfig, task: TaskSpec, cal: dict, spectra: Spectra |
     :func:`run_steps` bounds (or ``steps``)."""
     c, r = task.cell, len(task.seeds)
     steps = run_steps(c, task.train, spectra) if steps is None else steps
-    N = c.n * (c.k + 1)
     ckpts = len(checkpoint_steps(steps, task.train.checkpoints_per_decade)) + 1
-    eig = cal.get("eig", DEFAULT["eig"]) * N ** 3
-    step = cal["a"] + cal["b"] * step_size(c.n, c.m, c.d + c.bias, r)
-    return cal["task"] + (1 + START_EIGH * r) * eig + (steps + CHECKPOINT_STEPS * ckpts) * step + ckpts * r * eig
+    return float(machine_task_seconds(cal, r, c.m, c.n, c.d + c.bias, c.n * (c.k + 1), steps, ckpts))
 
 
 def task_weights(cfg: SweepConfig, tasks: list[TaskSpec]) -> dict[str, float]:
