@@ -15,9 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from analysis.paths import repo_root
+
 from .errors import SetupError
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = repo_root() / "notebooks"
 NAMES = ("analyze", "dynamics")
 
 
